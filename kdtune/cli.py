@@ -1,0 +1,149 @@
+"""`kdtune` command line: trial, sweep, validate, dashboard, bench.
+
+User mistakes (KDTuneError) end with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from .errors import KDTuneError
+
+
+def _jsonable(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def cmd_trial(args) -> int:
+    from .config import load_trial_config, parse_overrides
+    from .trial import CKPT, STUDENT, provenance, resolve_device, run_trial
+
+    cfg = load_trial_config(args.config, parse_overrides(args.set))
+    out = Path(args.out or Path("results") / "trials" / Path(args.config).stem)
+    out.mkdir(parents=True, exist_ok=True)
+    err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731  progress -> stderr
+    # stdout carries epoch lines and, last, the JSON; setup chatter (teacher, cache) goes to
+    # stderr so `kdtune trial ... | tail -1 | jq` works.
+    result = run_trial(cfg, checkpoint_dir=out, resume_from=out,
+                       log=lambda m: print(m, flush=True) if m.startswith(("epoch", "resum"))
+                       else err(m))
+    result.pop("model")
+    history = result.pop("history")
+    result.update(provenance(resolve_device(cfg.device)), seed=cfg.seed,
+                  checkpoint=str(out / STUDENT))
+    write_json_atomic(out / "result.json", {"metrics": result, "config": cfg.to_dict(),
+                                            "history": history})
+    (out / CKPT).unlink(missing_ok=True)  # finished: a rerun starts fresh
+    print(json.dumps(_jsonable(result), sort_keys=True), flush=True)
+    return 0
+
+
+
+def cmd_validate(args) -> int:
+    from .config import load_sweep_config, load_trial_config, read_yaml
+
+    raw = read_yaml(args.config)
+    if "search" in raw:
+        sw = load_sweep_config(args.config)
+        print(f"{args.config}: ok (sweep '{sw.search.name}': {len(sw.space)} searched keys, "
+              f"{sw.search.num_samples} samples x {len(sw.search.seeds)} seeds)")
+    else:
+        load_trial_config(args.config)
+        print(f"{args.config}: ok (trial)")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .config import parse_overrides
+    from .sweep import run_sweep
+
+    run_sweep(args.space, overrides=parse_overrides(args.set), resume=args.resume,
+              address=args.address, verbose=args.verbose, out=args.out)
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from .dashboard import write_dashboard
+
+    path = write_dashboard([Path(r) for r in args.runs], Path(args.out) if args.out else None)
+    print(path)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    run_bench(args)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="kdtune", description="Knowledge distillation + pruning "
+                                "sweeps on CIFAR-10.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("trial", help="run one KD + pruning trial")
+    t.add_argument("config")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set kd.alpha=0.5 (repeatable)")
+    t.add_argument("--out", help="output folder (default results/trials/<config name>); "
+                   "an unfinished trial there is resumed")
+    t.set_defaults(fn=cmd_trial)
+
+    s = sub.add_parser("sweep", help="run a Ray Tune + Optuna + ASHA sweep")
+    s.add_argument("space", nargs="?", default="sweeps/smoke.yaml")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a base or search key, e.g. --set search.num_samples=4")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    s.add_argument("--address", default=None, help="Ray cluster address (or RAY_ADDRESS)")
+    s.add_argument("--out", default=None, help="run folder (default search.storage)")
+    s.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs")
+    s.set_defaults(fn=cmd_sweep)
+
+    v = sub.add_parser("validate", help="check a trial config or sweep YAML without running it")
+    v.add_argument("config")
+    v.set_defaults(fn=cmd_validate)
+
+    d = sub.add_parser("dashboard", help="write the HTML dashboard of one or more sweeps")
+    d.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    d.add_argument("--out", default=None, help="HTML file (default RUN_DIR/dashboard.html)")
+    d.set_defaults(fn=cmd_dashboard)
+
+    b = sub.add_parser("bench", help="measure kdtune's speed-ups against the notebook way")
+    b.add_argument("--data", default=None, help="data.root of an imagefolder (default: the "
+                   "shared CIFAR-10 JPEG copy if present, else synthetic)")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--train-subset", type=int, default=2000)
+    b.add_argument("--out", default=None, help="write the table as JSON here too")
+    b.set_defaults(fn=cmd_bench)
+
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except KDTuneError as e:
+        print(f"kdtune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdtune: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,468 @@
+"""Typed, strictly checked configuration.
+
+Configs are inert YAML (`yaml.safe_load`, never code). Every section is a dataclass whose fields
+carry their allowed range or choices; `build()` rejects unknown keys, wrong types and values out of
+range with a KDTuneError naming the dotted key and what is allowed, so the CLI can print one line
+and exit 2 instead of a traceback twenty frames into training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import KDTuneError
+
+DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
+STEMS = ("standard", "cifar")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle")
+PRUNE_SCOPES = ("global", "layerwise")
+TEACHER_CACHES = ("views", "none", "auto")
+PRETRAINED = (None, "imagenet")
+
+
+def _model_names() -> tuple[str, ...]:
+    # Imported lazily: the registry pulls in torchvision, which `kdtune validate` should not pay
+    # for until a model name actually has to be checked.
+    from .models import list_models
+
+    return tuple(list_models())
+
+
+def _f(default, *, ge=None, gt=None, le=None, lt=None, choices=None, doc=""):
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "doc": doc}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("cifar10", choices=DATASETS)
+    # cifar10/cifar100: torchvision download dir; imagefolder: a folder or .tar.gz with
+    # train/<class>/ and test/<class>/; synthetic: unused.
+    root: str | None = _f(None)
+    label: str | None = _f(None, doc="human name of the data shown next to every number")
+    val_size: int = _f(5000, ge=1)
+    train_subset: int | None = _f(None, ge=1)
+    test_subset: int | None = _f(None, ge=1)
+    augment: bool = _f(True, doc="random crop (pad 4) + horizontal flip, on the device")
+    resize: int | None = _f(None, ge=8, doc="upsample batches to this size (224: ImageNet stem)")
+    split_seed: int = _f(0, ge=0, doc="fixed across trials so every trial sees the same val split")
+    synthetic_train: int = _f(2000, ge=10)
+    synthetic_test: int = _f(500, ge=10)
+    synthetic_classes: int = _f(10, ge=2)
+
+
+@dataclass
+class TeacherConfig:
+    arch: str = _f("resnet18", choices=_model_names)
+    stem: str = _f("cifar", choices=STEMS)
+    pretrained: str | None = _f(None, choices=PRETRAINED)
+    epochs: int = _f(30, ge=0)
+    lr: float = _f(0.1, gt=0)
+    batch_size: int = _f(256, ge=1)
+    weight_decay: float = _f(5e-4, ge=0)
+    optimizer: str = _f("sgd", choices=OPTIMIZERS)
+    label_smoothing: float = _f(0.0, ge=0, lt=1)
+    seed: int = _f(0, ge=0, doc="fixed, not the trial seed, so all trials share one teacher")
+    # views: precompute logits of all 162 crop/flip views once; none: teacher forward per step;
+    # auto: views for sweeps, none for a lone trial (see README, "Teacher cache").
+    cache: str = _f("auto", choices=TEACHER_CACHES)
+
+
+@dataclass
+class StudentConfig:
+    arch: str = _f("resnet20", choices=_model_names)
+    stem: str = _f("cifar", choices=STEMS)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(30, ge=1)
+    batch_size: int = _f(256, ge=1)
+    lr: float = _f(0.1, gt=0)
+    weight_decay: float = _f(5e-4, ge=0)
+    optimizer: str = _f("sgd", choices=OPTIMIZERS)
+    momentum: float = _f(0.9, ge=0, lt=1)
+    schedule: str = _f("cosine", choices=SCHEDULES)
+    eval_batch_size: int = _f(1024, ge=1)
+
+
+@dataclass
+class KDConfig:
+    temperature: float = _f(4.0, gt=0)
+    alpha: float = _f(0.9, ge=0, le=1)
+    label_smoothing: float = _f(0.05, ge=0, lt=1)
+
+
+@dataclass
+class PruneConfig:
+    ratio: float = _f(0.0, ge=0, lt=1)
+    scope: str = _f("global", choices=PRUNE_SCOPES)
+    finetune_epochs: int = _f(0, ge=0)
+    include_linear: bool = _f(False)
+    finetune_lr: float | None = _f(None, gt=0, doc="default: train.lr / 10")
+
+
+@dataclass
+class MeasureConfig:
+    latency: bool = _f(True)
+    warmup: int = _f(10, ge=0)
+    runs: int = _f(50, ge=1)
+    throughput_batch: int = _f(256, ge=1)
+    cpu_threads: int = _f(1, ge=1, doc="fixed thread count for CPU latency, so runs compare")
+
+
+@dataclass
+class TrialConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    seed: int = _f(0, ge=0)
+    device: str = _f("auto", doc="auto | cpu | cuda | cuda:N")
+    cache_dir: str = _f("~/.cache/kdtune", doc="teacher and decoded-data caches")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        return flatten(self.to_dict())
+
+
+# --- the search section of a sweep YAML ---------------------------------------------------
+
+PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
+SAMPLERS = ("tpe", "nsga2", "random", "grid")
+SCHEDULERS = ("asha", "fifo")
+MODES = ("max", "min")
+# Objectives must be in every per-epoch report (Ray's OptunaSearch reads the last one), so only
+# metrics a trial can compute cheaply each epoch are allowed.
+OBJECTIVE_METRICS = ("val_acc", "size_mb_dense", "size_mb_sparse", "size_mb_disk", "params",
+                     "nonzero_params", "flops")
+
+
+@dataclass
+class ParamSpec:
+    type: str = _f("choice", choices=PARAM_TYPES)
+    low: float | None = _f(None)
+    high: float | None = _f(None)
+    values: list | None = _f(None)
+    step: float | None = _f(None, gt=0)
+
+
+@dataclass
+class AshaConfig:
+    grace_period: int = _f(1, ge=1)
+    reduction_factor: float = _f(2.0, gt=1)
+    max_t: int | None = _f(None, ge=1, doc="default: train.epochs + prune.finetune_epochs")
+
+
+@dataclass
+class ResourcesConfig:
+    cpu: float = _f(1.0, gt=0)
+    gpu: float | None = _f(None, ge=0, le=1, doc="GPU fraction per trial; default: 1 if GPUs")
+
+
+@dataclass
+class SearchConfig:
+    name: str | None = _f(None)
+    space: dict = _f({})
+    searcher: str = _f("optuna", choices=("optuna",))
+    sampler: str = _f("tpe", choices=SAMPLERS)
+    objectives: dict = _f({"val_acc": "max"})
+    scheduler: str = _f("asha", choices=SCHEDULERS)
+    asha: AshaConfig = field(default_factory=AshaConfig)
+    num_samples: int = _f(8, ge=1)
+    max_concurrent: int = _f(2, ge=1)
+    seeds: list = _f([0])
+    baseline: bool = _f(False)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    storage: str | None = _f(None, doc="local path or URI; default results/<name>")
+    search_seed: int = _f(0, ge=0)
+    measure_after: bool = _f(True, doc="re-measure latency of each completed student, alone")
+
+
+@dataclass
+class SweepConfig:
+    base: TrialConfig
+    search: SearchConfig
+    space: dict[str, ParamSpec]
+
+
+# --- generic checking -----------------------------------------------------------------------
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and key not in ("search.space", "search.objectives"):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _fmt_choices(choices) -> str:
+    return ", ".join("null" if c is None else str(c) for c in choices)
+
+
+def _type_name(tp) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+            list: "a list", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check_value(key: str, value, tp, meta):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        tp = args[0]
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    base = typing.get_origin(tp) or tp
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        list: lambda v: isinstance(v, list),
+        dict: lambda v: isinstance(v, dict),
+    }[base]
+    choices = meta.get("choices")
+    if choices is not None and callable(choices):
+        choices = choices()
+    if not ok(value):
+        if choices:
+            raise KDTuneError(f"{key}: got {value!r}; allowed: {_fmt_choices(choices)}")
+        raise KDTuneError(f"{key}: expected {_type_name(base)}, got {value!r}")
+    if base is float:
+        value = float(value)
+    if choices is not None and value not in choices:
+        raise KDTuneError(f"{key}: got {value!r}; allowed: {_fmt_choices(choices)}")
+    if base in (int, float):
+        tests = {"ge": float.__ge__, "gt": float.__gt__, "le": float.__le__, "lt": float.__lt__}
+        for op, test in tests.items():
+            if meta.get(op) is not None and not test(float(value), float(meta[op])):
+                raise KDTuneError(f"{key}: got {value!r}; allowed: a value "
+                                  + " and ".join(_bounds(meta)))
+    return value
+
+
+def _bounds(meta) -> list[str]:
+    syms = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return [f"{syms[op]} {meta[op]}" for op in syms if meta.get(op) is not None]
+
+
+def build(cls, raw, prefix: str = ""):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and bad values by name."""
+    where = prefix or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise KDTuneError(f"{where}: expected a mapping of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for k in raw:
+        if k not in fields:
+            raise KDTuneError(f"{prefix + '.' if prefix else ''}{k}: unknown key; allowed: "
+                              + ", ".join(fields))
+    kwargs = {}
+    for name, f in fields.items():
+        if name in raw:
+            key = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _check_value(key, raw[name], hints[name], f.metadata)
+    return cls(**kwargs)
+
+
+def set_dotted(d: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = d
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise KDTuneError(f"{key}: cannot set inside {p!r}, which is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_overrides(pairs: list[str] | None) -> list[tuple[str, Any]]:
+    out = []
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise KDTuneError(f"--set {pair!r}: expected key=value, e.g. kd.alpha=0.5")
+        key, text = pair.split("=", 1)
+        # YAML parsing gives numbers, booleans and null the same meaning as in the file.
+        out.append((key.strip(), yaml.safe_load(text) if text.strip() else None))
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise KDTuneError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise KDTuneError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise KDTuneError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def _check_trial(cfg: TrialConfig) -> TrialConfig:
+    d = cfg.data
+    if d.dataset == "imagefolder" and not d.root:
+        raise KDTuneError("data.root: required for data.dataset: imagefolder "
+                          "(a folder or .tar.gz holding train/<class>/ and test/<class>/)")
+    dev = cfg.device
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise KDTuneError(f"device: got {dev!r}; allowed: auto, cpu, cuda, cuda:N")
+    if cfg.teacher.pretrained and cfg.teacher.arch not in ("resnet18", "resnet34", "resnet50",
+                                                            "mobilenet_v3_small"):
+        raise KDTuneError(f"teacher.pretrained: imagenet weights exist only for resnet18, "
+                          f"resnet34, resnet50, mobilenet_v3_small, not {cfg.teacher.arch}")
+    return cfg
+
+
+def trial_config(raw: dict | None = None, overrides: list[tuple[str, Any]] | None = None
+                 ) -> TrialConfig:
+    raw = dict(raw or {})
+    raw.pop("search", None)
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy with plain types
+    for key, value in overrides or []:
+        set_dotted(raw, key, value)
+    return _check_trial(build(TrialConfig, raw))
+
+
+def load_trial_config(path: str | Path, overrides=None) -> TrialConfig:
+    raw = read_yaml(path)
+    if "search" in raw:
+        raise KDTuneError(f"{path}: has a search: section; run it with `kdtune sweep {path}`")
+    return trial_config(raw, overrides)
+
+
+# --- sweeps ----------------------------------------------------------------------------------
+
+# Keys that change the teacher. A sweep prepares each distinct teacher once, up front, so these
+# may only take a finite set of values (choice/grid), never a continuous distribution.
+TEACHER_KEYS = ("teacher.", "data.")
+STEM_SHORTHAND = "stem"  # sets teacher.stem and student.stem alike
+
+
+def _check_param(key: str, spec: ParamSpec, base: dict) -> None:
+    where = f"search.space.{key}"
+    if spec.type in ("uniform", "loguniform", "int"):
+        if spec.low is None or spec.high is None:
+            raise KDTuneError(f"{where}: type {spec.type} needs low and high")
+        if spec.values is not None:
+            raise KDTuneError(f"{where}: type {spec.type} takes low/high, not values")
+        if not spec.low < spec.high:
+            raise KDTuneError(f"{where}: low ({spec.low}) must be below high ({spec.high})")
+        if spec.type == "loguniform" and spec.low <= 0:
+            raise KDTuneError(f"{where}: loguniform needs low > 0, got {spec.low}")
+        if spec.type == "int" and not (float(spec.low).is_integer()
+                                       and float(spec.high).is_integer()):
+            raise KDTuneError(f"{where}: type int needs integer low/high")
+        if key.startswith(TEACHER_KEYS) and key != "teacher.cache":
+            raise KDTuneError(f"{where}: teachers are prepared once per sweep, so {key} may "
+                              "only take listed values (type choice or grid), not a "
+                              f"{spec.type} range")
+        samples = (spec.low, spec.high)
+    else:
+        if not spec.values or not isinstance(spec.values, list):
+            raise KDTuneError(f"{where}: type {spec.type} needs a non-empty list of values")
+        if spec.low is not None or spec.high is not None:
+            raise KDTuneError(f"{where}: type {spec.type} takes values, not low/high")
+        samples = spec.values
+    # Every value the searcher may pick must pass the same checks as a hand-written config.
+    targets = ["teacher.stem", "student.stem"] if key == STEM_SHORTHAND else [key]
+    for value in samples:
+        for target in targets:
+            trial = yaml.safe_load(yaml.safe_dump(base))
+            v = int(value) if spec.type == "int" else value
+            try:
+                set_dotted(trial, target, v)
+                trial_config(trial)
+            except KDTuneError as e:
+                msg = str(e)
+                raise KDTuneError(f"{where}: value {value!r} is invalid: {msg}") from None
+
+
+def load_sweep_config(path: str | Path, overrides=None) -> SweepConfig:
+    raw = read_yaml(path)
+    if "search" not in raw:
+        raise KDTuneError(f"{path}: no search: section; a single run is `kdtune trial {path}`")
+    return sweep_config(raw, overrides, default_name=Path(path).stem)
+
+
+def sweep_config(raw: dict, overrides=None, default_name: str = "sweep") -> SweepConfig:
+    raw = yaml.safe_load(yaml.safe_dump(raw))
+    search_raw = raw.pop("search") or {}
+    for key, value in overrides or []:
+        set_dotted(search_raw if key.startswith("search.") else raw,
+                   key[len("search."):] if key.startswith("search.") else key, value)
+    base = trial_config(raw)
+    search = build(SearchConfig, search_raw, "search")
+    if search.name is None:
+        search.name = default_name
+    space: dict[str, ParamSpec] = {}
+    allowed_keys = set(base.flat()) | {STEM_SHORTHAND}
+    for key, spec_raw in search.space.items():
+        if key not in allowed_keys:
+            raise KDTuneError(f"search.space.{key}: unknown config key; allowed: dotted keys "
+                              "such as kd.temperature, kd.alpha, prune.ratio, student.arch, "
+                              "stem")
+        if key.startswith("data."):
+            raise KDTuneError(f"search.space.{key}: the data and its split are fixed for a "
+                              "sweep (teachers and caches depend on them); set it in data:")
+        if key == "seed":
+            raise KDTuneError("search.space.seed: seeds are not searched; list them in "
+                              "search.seeds")
+        spec = build(ParamSpec, spec_raw, f"search.space.{key}")
+        _check_param(key, spec, yaml.safe_load(yaml.safe_dump(base.to_dict())))
+        space[key] = spec
+    if STEM_SHORTHAND in space and ("teacher.stem" in space or "student.stem" in space):
+        raise KDTuneError("search.space.stem: sets teacher.stem and student.stem together; "
+                          "drop the separate teacher.stem/student.stem entry")
+    for metric, mode in search.objectives.items():
+        if metric not in OBJECTIVE_METRICS:
+            raise KDTuneError(f"search.objectives.{metric}: unknown objective; allowed: "
+                              + ", ".join(OBJECTIVE_METRICS))
+        if mode not in MODES:
+            raise KDTuneError(f"search.objectives.{metric}: got {mode!r}; allowed: max, min")
+    if not search.objectives:
+        raise KDTuneError("search.objectives: needs at least one, e.g. {val_acc: max}")
+    if not search.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                   for s in search.seeds):
+        raise KDTuneError(f"search.seeds: expected a list of integers >= 0, got {search.seeds!r}")
+    if len(set(search.seeds)) != len(search.seeds):
+        raise KDTuneError(f"search.seeds: duplicates in {search.seeds}")
+    grids = [k for k, s in space.items() if s.type == "grid"]
+    if search.sampler == "grid":
+        if len(grids) != len(space):
+            bad = [k for k in space if k not in grids]
+            raise KDTuneError(f"search.sampler: grid needs every space entry of type grid; "
+                              f"not grid: {', '.join(bad)}")
+    elif grids:
+        raise KDTuneError(f"search.space.{grids[0]}: type grid needs search.sampler: grid")
+    return SweepConfig(base=base, search=search, space=space)

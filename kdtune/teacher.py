@@ -1,0 +1,188 @@
+"""Teachers: trained once, cached by content, and their logits precomputed per augmentation view.
+
+A distillation notebook runs the teacher forward on every student step. Here each distinct teacher
+(hash of its resolved config, the data identity and RECIPE_VERSION) is trained once into
+`<cache_dir>/teachers/<key>/`, and a second request loads it.
+
+View-exact logit cache: with crop(pad 4)+flip an image has only 162 views, so the teacher's logits
+for every view of every training image are computed once (fp16; CIFAR-10: 45k x 162 x 10 x 2 B =
+146 MB) and a student step reads the logits of exactly the view it trains on. The teacher never
+runs inside a trial, and teacher and student always see the same pixels. It costs 162 teacher
+passes per image once; an online teacher costs one pass per image per epoch per trial, so the
+cache wins when trials x epochs > 162 (a sweep), and may lose for one short trial.
+
+Concurrency and crashes: two processes asking for the same teacher take a file lock, so one builds
+and the other loads; files are written to a temporary name and renamed into place, and each carries
+a sha256 in meta.json that is checked on load, so a torn or corrupt file is rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from .config import TrialConfig
+from .data import DeviceData, Split, num_views
+from .models import create_model
+
+RECIPE_VERSION = 1  # bump when the teacher training recipe changes: old caches stop matching
+
+
+@dataclass
+class Teacher:
+    key: str
+    model: torch.nn.Module  # eval mode, on the device
+    val_acc: float
+    test_acc: float
+    train_s: float  # time it took to train when it was built (0 for a pretrained 0-epoch one)
+    views: torch.Tensor | None = None  # (n_train, n_views, classes) fp16 on the device
+    views_build_s: float | None = None
+    cache_hit: bool = False
+
+
+def teacher_key(cfg: TrialConfig, split: Split) -> str:
+    t = cfg.teacher
+    recipe = {k: getattr(t, k) for k in ("arch", "stem", "pretrained", "epochs", "lr",
+                                         "batch_size", "weight_decay", "optimizer",
+                                         "label_smoothing", "seed")}
+    recipe.update(data=split.identity, augment=cfg.data.augment, resize=cfg.data.resize,
+                  eval_batch=cfg.train.eval_batch_size, version=RECIPE_VERSION)
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _save_checked(obj, path: Path) -> str:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    digest = _sha256(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def _valid(path: Path, digest: str | None) -> bool:
+    return digest is not None and path.is_file() and _sha256(path) == digest
+
+
+def build_view_cache(model: torch.nn.Module, dd: DeviceData, num_classes: int,
+                     batch_size: int = 1024, log=print) -> torch.Tensor:
+    """Teacher logits for every (image, view): (n_train, n_views, classes) fp16."""
+    n, nv = dd.n_train, num_views(dd.augment)
+    out = torch.empty((n, nv, num_classes), dtype=torch.float16, device=dd.device)
+    model.eval()
+    cuda = dd.device.type == "cuda"
+    t0, last = time.perf_counter(), 0.0
+    with torch.inference_mode(), torch.autocast(dd.device.type, torch.bfloat16, enabled=cuda):
+        for v in range(nv):
+            for s in range(0, n, batch_size):
+                idx = torch.arange(s, min(s + batch_size, n), device=dd.device)
+                out[idx, v] = model(dd.view_batch(idx, v)).to(torch.float16)
+            now = time.perf_counter() - t0
+            if now - last > 10 or v == nv - 1:  # progress on long work, not a line per view
+                last = now
+                log(f"teacher view cache: {v + 1}/{nv} views, {now:.0f}s")
+    return out
+
+
+def _train_teacher(cfg: TrialConfig, dd: DeviceData, num_classes: int, log) -> torch.nn.Module:
+    from .trial import fit  # the same training loop as students; imported late (no cycle)
+
+    t = cfg.teacher
+    torch.manual_seed(t.seed)
+    model = create_model(t.arch, num_classes=num_classes, stem=t.stem, pretrained=t.pretrained)
+    model.to(dd.device)
+    if dd.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if t.epochs:
+        fit(model, dd, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
+            weight_decay=t.weight_decay, optimizer=t.optimizer, schedule="cosine",
+            momentum=0.9, seed=t.seed, label_smoothing=t.label_smoothing,
+            log=lambda m: log(f"teacher {t.arch}/{t.stem}: {m}"),
+            eval_batch_size=cfg.train.eval_batch_size)
+    return model.eval()
+
+
+def prepare_teacher(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: bool,
+                    log=print) -> Teacher:
+    """Load the teacher for `cfg` from the cache, or train it (and its view cache) once."""
+    from .measure import accuracy
+
+    key = teacher_key(cfg, split)
+    root = Path(cfg.cache_dir).expanduser() / "teachers"
+    folder = root / key
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{key}.lock")):
+        meta_path = folder / "meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+        hit = bool(meta and _valid(folder / "model.pt", meta.get("sha256", {}).get("model.pt")))
+        model = create_model(cfg.teacher.arch, num_classes=split.num_classes,
+                             stem=cfg.teacher.stem)
+        if hit:
+            model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu",
+                                             weights_only=True))
+            model.to(dd.device).eval()
+            if dd.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            log(f"teacher {cfg.teacher.arch}/{cfg.teacher.stem}: cache hit {key} "
+                f"(val {meta['val_acc']:.2%}, test {meta['test_acc']:.2%})")
+        else:
+            if folder.exists():
+                log(f"teacher cache {key}: missing or corrupt, rebuilding")
+                shutil.rmtree(folder)
+            t0 = time.perf_counter()
+            model = _train_teacher(cfg, dd, split.num_classes, log)
+            train_s = time.perf_counter() - t0
+            tmp = root / f".{key}.tmp{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            meta = {
+                "key": key, "arch": cfg.teacher.arch, "stem": cfg.teacher.stem,
+                "config": cfg.to_dict()["teacher"], "data": split.label,
+                "val_acc": accuracy(model, dd.eval_batches("val", cfg.train.eval_batch_size)),
+                "test_acc": accuracy(model, dd.eval_batches("test", cfg.train.eval_batch_size)),
+                "train_s": train_s,
+                "sha256": {"model.pt": _save_checked(state, tmp / "model.pt")},
+            }
+            _write_json(tmp / "meta.json", meta)
+            os.replace(tmp, folder)  # the whole folder appears at once or not at all
+            log(f"teacher {cfg.teacher.arch}/{cfg.teacher.stem}: trained in {train_s:.1f}s "
+                f"(val {meta['val_acc']:.2%}, test {meta['test_acc']:.2%}) -> {folder}")
+        teacher = Teacher(key, model, meta["val_acc"], meta["test_acc"], meta["train_s"],
+                          cache_hit=hit)
+        if want_views:
+            vpath = folder / "views.pt"
+            if _valid(vpath, meta["sha256"].get("views.pt")):
+                teacher.views = torch.load(vpath, map_location=dd.device, weights_only=True)
+                teacher.views_build_s = meta.get("views_build_s")
+            else:
+                t0 = time.perf_counter()
+                teacher.views = build_view_cache(model, dd, split.num_classes,
+                                                 cfg.train.eval_batch_size, log)
+                teacher.views_build_s = time.perf_counter() - t0
+                meta["sha256"]["views.pt"] = _save_checked(teacher.views.cpu(), vpath)
+                meta["views_build_s"] = teacher.views_build_s
+                _write_json(meta_path, meta)
+                log(f"teacher view cache: built in {teacher.views_build_s:.1f}s "
+                    f"({teacher.views.numel() * 2 / 1e6:.0f} MB fp16)")
+    return teacher

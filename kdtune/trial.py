@@ -1,0 +1,314 @@
+"""One trial: distil a student from a cached teacher, prune, fine-tune, measure.
+
+`run_trial` is the whole unit of work; the sweep only schedules it (Ray Tune's `tune.report` is
+plugged in as `report`). It imports no Ray, so it runs and is tested on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import measure
+from .config import TrialConfig
+from .data import DeviceData, Split, load_split, num_views
+from .errors import KDTuneError
+from .losses import kd_loss
+from .models import create_model
+from .prune import apply_pruning, attach_identity_masks, make_permanent, sparsity
+
+CKPT = "trial_ckpt.pt"
+STUDENT = "student.pt"  # plain state_dict: loads with torch.load(weights_only=True)
+Report = Callable[[dict], None]
+
+
+def provenance(device: torch.device | None = None) -> dict:
+    """What a result row needs to be reproduced: code version, libraries, device."""
+    import platform
+    import subprocess
+
+    import torchvision
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, cwd=Path(__file__).parent,
+                               timeout=5).stdout.strip()
+        if sha and dirty:
+            sha += "-dirty"
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    from . import __version__
+
+    out = {"git_sha": sha, "kdtune_version": __version__,
+           "python_version": platform.python_version(), "torch_version": torch.__version__,
+           "torchvision_version": torchvision.__version__}
+    from importlib.metadata import PackageNotFoundError, version
+
+    for mod in ("ray", "optuna"):
+        try:  # metadata, not import: importing Ray to read its version costs seconds
+            out[f"{mod}_version"] = version(mod)
+        except PackageNotFoundError:
+            out[f"{mod}_version"] = None
+    if device is not None:
+        out["device"] = measure.device_label(device)
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KDTuneError(f"device: {name} requested but CUDA is not available here; "
+                          "use device: auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0,
+                               weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def make_schedule(opt, name: str, lr: float, total_steps: int):
+    """Stepped per batch, so short runs still anneal smoothly."""
+    total_steps = max(1, total_steps)
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+
+
+def train_epoch(model, dd: DeviceData, opt, sched, batch_size: int, seed: int,
+                loss_fn) -> tuple[float, int]:
+    """One pass; returns (mean loss, steps). The loss is summed on the device and read once at
+    the end: a per-step `.item()` would stall the GPU queue on every batch."""
+    model.train()
+    cuda = dd.device.type == "cuda"
+    total = torch.zeros((), device=dd.device)
+    steps = 0
+    for idx, x, y, view in dd.train_batches(batch_size, seed):
+        with torch.autocast(dd.device.type, torch.bfloat16, enabled=cuda):
+            logits = model(x)
+        loss = loss_fn(logits, idx, x, y, view)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.detach()
+        steps += 1
+    return total.item() / max(steps, 1), steps
+
+
+def fit(model, dd: DeviceData, *, epochs: int, lr: float, batch_size: int, weight_decay: float,
+        optimizer: str, schedule: str, momentum: float, seed: int, label_smoothing: float,
+        log=print, eval_batch_size: int = 1024) -> None:
+    """Plain cross-entropy training (teachers)."""
+    opt = make_optimizer(model, optimizer, lr, weight_decay, momentum)
+    sched = make_schedule(opt, schedule, lr, epochs * dd.steps_per_epoch(batch_size))
+    ce = lambda logits, idx, x, y, view: torch.nn.functional.cross_entropy(  # noqa: E731
+        logits.float(), y, label_smoothing=label_smoothing)
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        loss, _ = train_epoch(model, dd, opt, sched, batch_size, seed * 100_003 + epoch, ce)
+        acc = measure.accuracy(model, dd.eval_batches("val", eval_batch_size))
+        log(f"epoch {epoch}/{epochs} loss {loss:.3f} val {acc:.2%} "
+            f"({time.perf_counter() - t0:.1f}s)")
+
+
+def resolve_cache_mode(cfg: TrialConfig, teacher_passes_per_image: float) -> str:
+    """`teacher.cache: auto`: the view cache costs num_views teacher passes per image once; an
+    online teacher costs one per image per student epoch. Pick the cheaper for the planned work."""
+    if cfg.kd.alpha == 0:
+        return "none"  # the no-KD baseline needs no teacher at all
+    if cfg.teacher.cache != "auto":
+        return cfg.teacher.cache
+    return "views" if teacher_passes_per_image > num_views(cfg.data.augment) else "none"
+
+
+def _config_hash(cfg: TrialConfig) -> str:
+    d = cfg.to_dict()
+    d.pop("measure")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _save_ckpt(path: Path, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+
+
+def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: str | Path | None
+              = None, resume_from: str | Path | None = None, split: Split | None = None,
+              teacher=None, cache_mode: str | None = None, log=print) -> dict:
+    """Train, prune, fine-tune and measure one student; returns the final metrics.
+
+    report(metrics) is called after every epoch (train and fine-tune epochs alike, numbered
+    1..train.epochs+prune.finetune_epochs) with epoch, phase, val_acc, train_loss, lr and the
+    size metrics. A checkpoint is written to checkpoint_dir/trial_ckpt.pt before each report;
+    resume_from (a folder holding one) continues where it stopped. `split` and `teacher` let a
+    sweep hand in data and a prepared teacher (Ray's object store) instead of loading them.
+    """
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    if split is None:
+        split = load_split(cfg.data, cfg.cache_dir)
+    dd = DeviceData(split, device, augment=cfg.data.augment, resize=cfg.data.resize)
+    total_epochs = cfg.train.epochs + (cfg.prune.finetune_epochs if cfg.prune.ratio > 0 else 0)
+    if cache_mode is None:
+        cache_mode = resolve_cache_mode(cfg, cfg.train.epochs)
+    cache_mode = "none" if cfg.kd.alpha == 0 else cache_mode
+
+    if cfg.kd.alpha > 0:
+        if teacher is None:
+            from .teacher import prepare_teacher
+
+            teacher = prepare_teacher(cfg, split, dd, want_views=cache_mode == "views", log=log)
+        teacher.model.to(device).eval()
+        if dd.channels_last:
+            teacher.model.to(memory_format=torch.channels_last)
+        if cache_mode == "views":
+            if teacher.views is None:
+                raise KDTuneError("teacher.cache: views requested but the teacher has no cache")
+            teacher.views = teacher.views.to(device)
+            expect = (dd.n_train, num_views(dd.augment), split.num_classes)
+            if tuple(teacher.views.shape) != expect:
+                raise RuntimeError(f"view cache shape {tuple(teacher.views.shape)} != {expect}")
+
+    seed_everything(cfg.seed)
+    student = create_model(cfg.student.arch, num_classes=split.num_classes,
+                           stem=cfg.student.stem).to(device)
+    if dd.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    flops = measure.count_flops(student, (1, 3, dd.input_size, dd.input_size))
+    kd = cfg.kd
+    cuda = device.type == "cuda"
+
+    def loss_fn(logits, idx, x, y, view):
+        t_logits = None
+        if kd.alpha > 0:
+            if cache_mode == "views":
+                t_logits = teacher.views[idx, view]
+            else:
+                with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=cuda):
+                    t_logits = teacher.model(x)
+        return kd_loss(logits, t_logits, y, kd.temperature, kd.alpha, kd.label_smoothing)
+
+    steps = dd.steps_per_epoch(cfg.train.batch_size)
+    ft_lr = cfg.prune.finetune_lr or cfg.train.lr / 10
+
+    def new_phase(phase: str):
+        if phase == "train":
+            opt = make_optimizer(student, cfg.train.optimizer, cfg.train.lr,
+                                 cfg.train.weight_decay, cfg.train.momentum)
+            return opt, make_schedule(opt, cfg.train.schedule, cfg.train.lr,
+                                      cfg.train.epochs * steps)
+        opt = make_optimizer(student, cfg.train.optimizer, ft_lr, cfg.train.weight_decay,
+                             cfg.train.momentum)
+        return opt, make_schedule(opt, "cosine", ft_lr, cfg.prune.finetune_epochs * steps)
+
+    def prune_now():
+        apply_pruning(student, cfg.prune.ratio, cfg.prune.scope, cfg.prune.include_linear)
+
+    chash = _config_hash(cfg)
+    start_epoch, history, step_s = 1, [], []
+    phase = "train"
+    opt, sched = new_phase("train")
+    if resume_from is not None and (Path(resume_from) / CKPT).is_file():
+        state = torch.load(Path(resume_from) / CKPT, map_location=device, weights_only=True)
+        if state["config_hash"] != chash:
+            raise KDTuneError(f"{resume_from}: checkpoint was written by a different config; "
+                              "use a fresh output folder")
+        phase = state["phase"]
+        if phase == "finetune":
+            attach_identity_masks(student, cfg.prune.include_linear)
+            opt, sched = new_phase("finetune")
+        student.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch = state["epoch"] + 1
+        history, step_s = state["history"], state["step_s"]
+        log(f"resuming from epoch {state['epoch']} ({phase})")
+
+    ckpt_path = Path(checkpoint_dir) / CKPT if checkpoint_dir else None
+    if ckpt_path:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    eval_bs = cfg.train.eval_batch_size
+    for epoch in range(start_epoch, total_epochs + 1):
+        if epoch == cfg.train.epochs + 1 and phase == "train":
+            phase = "finetune"
+            prune_now()
+            opt, sched = new_phase("finetune")
+        lr = opt.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        loss, n_steps = train_epoch(student, dd, opt, sched, cfg.train.batch_size,
+                                    cfg.seed * 100_003 + epoch, loss_fn)
+        step_s.append((time.perf_counter() - t0) / n_steps)
+        val = measure.accuracy(student, dd.eval_batches("val", eval_bs), autocast_bf16=cuda)
+        row = {"epoch": epoch, "phase": phase, "val_acc": val, "train_loss": loss, "lr": lr,
+               "flops": flops, **measure.count_params(student), **measure.model_size_mb(student)}
+        history.append(row)
+        if ckpt_path:
+            _save_ckpt(ckpt_path, {
+                "config_hash": chash, "epoch": epoch, "phase": phase, "history": history,
+                "step_s": step_s, "model": student.state_dict(),
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+        log(f"epoch {epoch}/{total_epochs} [{phase}] loss {loss:.4f} val_acc {val:.2%} "
+            f"lr {lr:.3g} ({(time.perf_counter() - t0):.1f}s)")
+        # The last epoch is reported after pruning and measuring, merged with the final
+        # metrics: a scheduler may stop a trial at its last report, and the final numbers
+        # must be in the report that the searcher reads.
+        if report is not None and epoch < total_epochs:
+            report(dict(row))
+
+    if cfg.prune.ratio > 0 and phase == "train":
+        prune_now()  # ratio > 0 with no fine-tune epochs: prune and measure as is
+    make_permanent(student)
+    result = {
+        "val_acc": measure.accuracy(student, dd.eval_batches("val", eval_bs),
+                                    autocast_bf16=cuda),
+        "test_acc": measure.accuracy(student, dd.eval_batches("test", eval_bs),
+                                     autocast_bf16=cuda),
+        "teacher_val_acc": teacher.val_acc if teacher is not None else None,
+        "teacher_test_acc": teacher.test_acc if teacher is not None else None,
+        **sparsity(student, cfg.prune.include_linear),
+        **measure.count_params(student), **measure.model_size_mb(student), "flops": flops,
+        "epochs_trained": total_epochs, "teacher_cache": cache_mode,
+        "view_cache_build_s": getattr(teacher, "views_build_s", None),
+        "teacher_train_s": getattr(teacher, "train_s", None),
+        "train_step_ms": 1000 * float(np.median(step_s)) if step_s else None,
+        "device": measure.device_label(device), "dataset_label": split.label,
+    }
+    if cfg.measure.latency:
+        m = cfg.measure
+        result.update(measure.measure_speed(
+            student, device, input_size=dd.input_size, batch=m.throughput_batch,
+            warmup=m.warmup, runs=m.runs, threads=m.cpu_threads if device.type == "cpu"
+            else None))
+    result["wall_s"] = time.perf_counter() - t_start
+    if checkpoint_dir:  # final weights beside the resume checkpoint, before the last report
+        torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()},
+                   Path(checkpoint_dir) / STUDENT)
+    if report is not None:
+        report({**history[-1], **result, "final": True})
+    result["history"] = history
+    result["model"] = student
+    return result
