@@ -148,6 +148,7 @@ def _optuna_space(sw: SweepConfig):
 def _sampler(sw: SweepConfig):
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     seed = sw.search.search_seed
     s = sw.search.sampler
     if s == "grid":
@@ -416,7 +417,7 @@ def make_callback(run_dir: Path, base: dict, sw: SweepConfig, prov: dict, label:
                    "data.label": label}
             row.update(cfg.flat())
             row["seed"] = cfg.seed
-            skip = {"epoch", "phase", "final", "time_total_s", "time_this_iter_s", "done",
+            skip = {"epoch", "phase", "final", "should_checkpoint", "dataset_label", "should_checkpoint", "dataset_label", "time_total_s", "time_this_iter_s", "done",
                     "training_iteration", "timestamp", "pid", "hostname", "node_ip",
                     "date", "time_since_restore", "iterations_since_restore",
                     "checkpoint_dir_name", "trial_id", "experiment_tag", "config"}

@@ -1,0 +1,272 @@
+"""Name-keyed model registry (timm-style): teachers, students and their stems.
+
+Every model exists in two stems so the sweep can ablate the input stem:
+
+* ``"standard"``: the ImageNet stem (large stride-2 conv, often + maxpool). On 32x32 CIFAR images it
+  throws away 3/4 (or 15/16) of the spatial resolution before any real feature is learned, which
+  is exactly the accuracy loss the ablation is meant to show.
+* ``"cifar"``: a 3x3 stride-1 first conv and no maxpool, as in the CIFAR papers.
+
+Only torchvision-backed models can start from ImageNet weights; the small CIFAR students have no
+published ImageNet checkpoint, so asking for one is a user mistake.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.error import URLError
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from kdtune.errors import KDTuneError
+
+STEMS = ("standard", "cifar")
+PRETRAINED = (None, "imagenet")
+
+# builder(num_classes, stem, imagenet_state) -> model; imagenet_state is the 1000-class
+# state_dict when pretrained weights were requested, else None.
+Builder = Callable[[int, str, "dict[str, Any] | None"], nn.Module]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    build: Builder
+    # A pinned enum member (not ``DEFAULT``) so results do not change when torchvision moves DEFAULT.
+    imagenet_weights: tvm.WeightsEnum | None
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_model(name: str, *, imagenet_weights: tvm.WeightsEnum | None = None):
+    """Decorator adding ``builder(num_classes, stem, imagenet_state)`` under ``name``."""
+
+    def decorator(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = _Entry(builder, imagenet_weights)
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(
+    name: str, num_classes: int = 10, stem: str = "cifar", pretrained: str | None = None
+) -> nn.Module:
+    """Build model ``name`` with a ``num_classes``-way head and the given stem.
+
+    ``pretrained="imagenet"`` loads torchvision's ImageNet-1k weights (1000-class head), then swaps
+    the classifier for a fresh ``num_classes`` one. With ``stem="cifar"`` the first conv is also
+    replaced and therefore starts from scratch; every later layer keeps its ImageNet weights.
+    """
+    if name not in _REGISTRY:
+        raise KDTuneError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+    if stem not in STEMS:
+        raise KDTuneError(f"unknown stem {stem!r}; valid stems: {', '.join(STEMS)}")
+    if pretrained not in PRETRAINED:
+        raise KDTuneError(f"unknown pretrained {pretrained!r}; valid values: null, 'imagenet'")
+    entry = _REGISTRY[name]
+    state = None
+    if pretrained == "imagenet":
+        if entry.imagenet_weights is None:
+            have = [n for n in list_models() if _REGISTRY[n].imagenet_weights is not None]
+            raise KDTuneError(
+                f"model {name!r} has no ImageNet weights; pretrained: imagenet works only for "
+                f"{', '.join(have)} (use pretrained: null)"
+            )
+        state = _fetch_imagenet_state(entry.imagenet_weights)
+    return entry.build(num_classes, stem, state)
+
+
+def _fetch_imagenet_state(weights: tvm.WeightsEnum) -> dict[str, Any]:
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except (URLError, OSError, RuntimeError) as exc:  # URLError is an OSError; hash mismatch is RuntimeError
+        where = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+        raise KDTuneError(
+            f"ImageNet weights {weights} could not be downloaded ({type(exc).__name__}: {exc}); "
+            f"place the file from {weights.url} at {where} or use pretrained: null"
+        ) from exc
+
+
+def _kaiming_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    # Same init torchvision and He et al. use for convs followed by BN+ReLU.
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
+
+
+# --- torchvision teachers / students -----------------------------------------------------------
+
+
+def _torchvision_resnet(ctor, num_classes: int, stem: str, state) -> nn.Module:
+    model = ctor(weights=None, num_classes=1000 if state is not None else num_classes)
+    if state is not None:
+        model.load_state_dict(state)
+        if num_classes != 1000:
+            model.fc = nn.Linear(model.fc.in_features, num_classes)
+    if stem == "cifar":
+        out = model.conv1.out_channels
+        model.conv1 = _kaiming_conv(nn.Conv2d(3, out, kernel_size=3, stride=1, padding=1, bias=False))
+        model.maxpool = nn.Identity()
+    return model
+
+
+@register_model("resnet18", imagenet_weights=tvm.ResNet18_Weights.IMAGENET1K_V1)
+def _resnet18(num_classes, stem, state):
+    return _torchvision_resnet(tvm.resnet18, num_classes, stem, state)
+
+
+@register_model("resnet34", imagenet_weights=tvm.ResNet34_Weights.IMAGENET1K_V1)
+def _resnet34(num_classes, stem, state):
+    return _torchvision_resnet(tvm.resnet34, num_classes, stem, state)
+
+
+# V1 rather than V2 for resnet50: resnet18/34 only have V1, and one recipe keeps teachers comparable.
+@register_model("resnet50", imagenet_weights=tvm.ResNet50_Weights.IMAGENET1K_V1)
+def _resnet50(num_classes, stem, state):
+    return _torchvision_resnet(tvm.resnet50, num_classes, stem, state)
+
+
+@register_model("mobilenet_v3_small", imagenet_weights=tvm.MobileNet_V3_Small_Weights.IMAGENET1K_V1)
+def _mobilenet_v3_small(num_classes, stem, state):
+    model = tvm.mobilenet_v3_small(weights=None, num_classes=1000 if state is not None else num_classes)
+    if state is not None:
+        model.load_state_dict(state)
+        if num_classes != 1000:
+            last = model.classifier[-1]
+            model.classifier[-1] = nn.Linear(last.in_features, num_classes)
+    if stem == "cifar":
+        # Keep the pretrained 3x3 kernel (same shape); only the stride changes, so with padding 1
+        # the first feature map stays 32x32 instead of 16x16.
+        model.features[0][0].stride = (1, 1)
+    return model
+
+
+# --- CIFAR ResNets (He et al. 2016, arXiv:1512.03385, section 4.2) -------------------------------
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            # Projection shortcut (the paper's option B: 1x1 conv + BN) rather than the paper's CIFAR
+            # choice, option A (zero-padded identity): it is a real conv, so the pruner and FLOP
+            # counter see it like any other layer. It adds 2,752 params to each model.
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+def _stem(out_ch: int, stem: str) -> nn.Sequential:
+    if stem == "cifar":
+        return nn.Sequential(
+            nn.Conv2d(3, out_ch, 3, 1, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)
+        )
+    # ImageNet stem: /4 before the first stage, so a 32x32 image reaches stage 1 as 8x8.
+    return nn.Sequential(
+        nn.Conv2d(3, out_ch, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+    )
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            _kaiming_conv(m)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class CifarResNet(nn.Module):
+    """3 stages of 16/32/64 channels, n=(depth-2)/6 BasicBlocks each, stride 2 at stages 2 and 3."""
+
+    def __init__(self, depth: int, num_classes: int = 10, stem: str = "cifar"):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.stem = _stem(16, stem)
+        layers, in_ch = [], 16
+        for out_ch, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(n):
+                layers.append(_BasicBlock(in_ch, out_ch, stride if i == 0 else 1))
+                in_ch = out_ch
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
+
+
+def _register_cifar_resnet(depth: int) -> None:
+    @register_model(f"resnet{depth}")
+    def _build(num_classes, stem, state):
+        return CifarResNet(depth, num_classes, stem)
+
+
+for _depth in (8, 20, 32, 56):
+    _register_cifar_resnet(_depth)
+
+
+# --- cnn4 -------------------------------------------------------------------------------------
+
+
+class CNN4(nn.Module):
+    """Four conv3x3-BN-ReLU blocks (32, 48, 64, 96 ch), 2x2 maxpool between blocks, avgpool, linear.
+
+    Parameters for 10 classes: 99,082 with the cifar stem, 102,922 with the standard stem
+    (its 7x7 first conv is 3,840 weights larger).
+    """
+
+    CHANNELS = (32, 48, 64, 96)
+
+    def __init__(self, num_classes: int = 10, stem: str = "cifar"):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        in_ch = 3
+        for i, out_ch in enumerate(self.CHANNELS):
+            if i > 0:
+                blocks.append(nn.MaxPool2d(2))
+            if i == 0 and stem == "standard":
+                blocks += [nn.Conv2d(in_ch, out_ch, 7, 2, 3, bias=False)]
+            else:
+                blocks += [nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=False)]
+            blocks += [nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
+            if i == 0 and stem == "standard":
+                blocks.append(nn.MaxPool2d(3, 2, 1))
+            in_ch = out_ch
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@register_model("cnn4")
+def _cnn4(num_classes, stem, state):
+    return CNN4(num_classes, stem)
