@@ -417,7 +417,8 @@ def make_callback(run_dir: Path, base: dict, sw: SweepConfig, prov: dict, label:
                    "data.label": label}
             row.update(cfg.flat())
             row["seed"] = cfg.seed
-            skip = {"epoch", "phase", "final", "should_checkpoint", "dataset_label", "should_checkpoint", "dataset_label", "time_total_s", "time_this_iter_s", "done",
+            skip = {"epoch", "phase", "final", "should_checkpoint", "dataset_label",
+                    "time_total_s", "time_this_iter_s", "done",
                     "training_iteration", "timestamp", "pid", "hostname", "node_ip",
                     "date", "time_since_restore", "iterations_since_restore",
                     "checkpoint_dir_name", "trial_id", "experiment_tag", "config"}
