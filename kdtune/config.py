@@ -249,8 +249,6 @@ def _check_value(key: str, value, tp, meta):
         if choices:
             raise KDTuneError(f"{key}: got {value!r}; allowed: {_fmt_choices(choices)}")
         raise KDTuneError(f"{key}: expected {_type_name(base)}, got {value!r}")
-    if base is float:
-        value = float(value)
     if choices is not None and value not in choices:
         raise KDTuneError(f"{key}: got {value!r}; allowed: {_fmt_choices(choices)}")
     if base in (int, float):
@@ -259,7 +257,7 @@ def _check_value(key: str, value, tp, meta):
             if meta.get(op) is not None and not test(float(value), float(meta[op])):
                 raise KDTuneError(f"{key}: got {value!r}; allowed: a value "
                                   + " and ".join(_bounds(meta)))
-    return value
+    return float(value) if base is float else value
 
 
 def _bounds(meta) -> list[str]:

@@ -1,0 +1,597 @@
+"""Load sweep results, aggregate seeds and find Pareto fronts.
+
+A sweep writes two Parquet files into its run folder:
+
+* ``trials.parquet``: one row per trial: identity (``trial_id``, ``status``, ``error``, ...), the
+  flattened config under dotted keys (``kd.temperature``, ``prune.ratio``, ...), the final metrics
+  with their unit in the name (``test_acc`` as a fraction, ``latency_ms_b1_cpu`` in milliseconds,
+  ``size_mb_sparse`` in MB = 1e6 bytes, ...) and the provenance (``git_sha``, library versions).
+* ``epochs.parquet``: one row per trial and epoch (``val_acc``, ``train_loss``, ``lr``).
+
+This module turns one or several run folders into one DataFrame (:func:`load_runs`,
+:func:`load_epochs`), averages the seeds of each distinct config (:func:`aggregate_seeds`) and
+finds the non-dominated rows (:func:`pareto_front`). Everything here is pure pandas/numpy: the
+plots live in :mod:`kdtune.dashboard`.
+
+Conventions:
+
+* accuracies stay fractions in [0, 1] in every DataFrame; only displays and exports use percent;
+* only *completed* trials are aggregated and can be on a front: early-stopped (ASHA) and errored
+  trials have no final measurements;
+* the 95 % confidence interval is the Student-t half-width ``t(0.975, n-1) * std / sqrt(n)``; with a
+  single seed (n = 1) there is no spread to estimate and ``*_std`` and ``*_ci95`` are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kdtune.errors import KDTuneError
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+SWEEP_FILE = "sweep.yaml"
+
+STATUSES = ("completed", "stopped", "errored")
+
+#: Config columns every trials.parquet must have (dotted keys of the flattened config).
+CONFIG_COLUMNS = (
+    "data.dataset",
+    "data.label",
+    "teacher.arch",
+    "teacher.stem",
+    "student.arch",
+    "student.stem",
+    "kd.temperature",
+    "kd.alpha",
+    "kd.label_smoothing",
+    "prune.ratio",
+    "prune.scope",
+    "prune.finetune_epochs",
+    "train.epochs",
+    "train.lr",
+    "train.batch_size",
+    "seed",
+    "is_baseline",
+)
+
+#: Columns without which no dashboard can be drawn: a trials.parquet lacking one is refused.
+REQUIRED_COLUMNS = (
+    "trial_id",
+    "status",
+    "group",
+    *CONFIG_COLUMNS,
+    "val_acc",
+    "test_acc",
+    "teacher_test_acc",
+    "size_mb_dense",
+    "size_mb_sparse",
+    "latency_ms_b1_gpu",
+    "latency_ms_b1_cpu",
+)
+
+#: Columns the sweep writes but that may be absent (older runs): filled with NaN / None on load.
+OPTIONAL_NUMERIC_COLUMNS = (
+    "epochs_trained",
+    "wall_s",
+    "teacher_val_acc",
+    "params",
+    "nonzero_params",
+    "size_mb_disk",
+    "flops",
+    "sparsity_pruned",
+    "sparsity_total",
+    "latency_ms_b1_gpu_p90",
+    "throughput_ips_gpu",
+    "latency_ms_b1_cpu_p90",
+    "throughput_ips_cpu",
+    "cpu_threads",
+    # Teacher measurements, used for the teacher row of results.csv when the sweep wrote them.
+    "teacher_latency_ms_b1_gpu",
+    "teacher_latency_ms_b1_cpu",
+    "teacher_size_mb_dense",
+)
+OPTIONAL_TEXT_COLUMNS = (
+    "error",
+    "checkpoint",
+    "gpu_device",
+    "cpu_device",
+    "git_sha",
+    "python_version",
+    "torch_version",
+    "torchvision_version",
+    "ray_version",
+    "optuna_version",
+    "device",
+)
+PROVENANCE_COLUMNS = (
+    "device",
+    "gpu_device",
+    "cpu_device",
+    "cpu_threads",
+    "git_sha",
+    "python_version",
+    "torch_version",
+    "torchvision_version",
+    "ray_version",
+    "optuna_version",
+    "data.dataset",
+    "data.label",
+)
+
+NUMERIC_CONFIG_COLUMNS = (
+    "kd.temperature",
+    "kd.alpha",
+    "kd.label_smoothing",
+    "prune.ratio",
+    "prune.finetune_epochs",
+    "train.epochs",
+    "train.lr",
+    "train.batch_size",
+    "seed",
+)
+NUMERIC_METRIC_COLUMNS = (
+    "val_acc",
+    "test_acc",
+    "teacher_test_acc",
+    "size_mb_dense",
+    "size_mb_sparse",
+    "latency_ms_b1_gpu",
+    "latency_ms_b1_cpu",
+)
+FRACTION_COLUMNS = ("val_acc", "test_acc", "teacher_test_acc", "teacher_val_acc", "kd.alpha")
+
+#: Metrics that :func:`aggregate_seeds` summarises (mean, std, n, ci95) when present.
+AGG_METRICS = (
+    "test_acc",
+    "val_acc",
+    "teacher_test_acc",
+    "teacher_val_acc",
+    "latency_ms_b1_gpu",
+    "latency_ms_b1_gpu_p90",
+    "throughput_ips_gpu",
+    "latency_ms_b1_cpu",
+    "latency_ms_b1_cpu_p90",
+    "throughput_ips_cpu",
+    "size_mb_min",
+    "size_mb_dense",
+    "size_mb_sparse",
+    "size_mb_disk",
+    "params",
+    "nonzero_params",
+    "flops",
+    "sparsity_pruned",
+    "sparsity_total",
+    "epochs_trained",
+    "wall_s",
+)
+
+EPOCH_COLUMNS = ("trial_id", "epoch", "phase", "val_acc", "train_loss", "lr")
+
+#: Columns that identify a trial rather than its config: never used to group seeds.
+NOT_CONFIG = ("seed", "trial_id", "run")
+
+#: Derived on load: min(size_mb_dense, size_mb_sparse), the size axis of every chart and export.
+SIZE_COLUMN = "size_mb_min"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _run_name(run_dir: Path, taken: set[str]) -> str:
+    name = run_dir.name or str(run_dir)
+    return str(run_dir) if name in taken else name
+
+
+def _check_trials(df: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    where = f"{run_dir / TRIALS_FILE}"
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise KDTuneError(
+            f"{where} lacks required column(s) {', '.join(missing)}: is this a kdtune run folder "
+            f"written by the same version?"
+        )
+    df = df.copy()
+    for col in OPTIONAL_NUMERIC_COLUMNS:
+        if col not in df.columns:
+            df[col] = np.nan
+    for col in OPTIONAL_TEXT_COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    for col in (*NUMERIC_CONFIG_COLUMNS, *NUMERIC_METRIC_COLUMNS, *OPTIONAL_NUMERIC_COLUMNS):
+        try:
+            df[col] = pd.to_numeric(df[col]).astype(float)
+        except (ValueError, TypeError):
+            raise KDTuneError(f"{where}: column {col} must be numeric") from None
+    bad = sorted(set(df["status"].astype(str)) - set(STATUSES))
+    if bad:
+        raise KDTuneError(
+            f"{where}: unknown trial status {', '.join(bad)} (allowed: {', '.join(STATUSES)})"
+        )
+    for col in FRACTION_COLUMNS:
+        values = df[col].dropna()
+        if ((values < 0) | (values > 1)).any():
+            raise KDTuneError(f"{where}: column {col} must be a fraction in [0, 1]")
+    ratio = df["prune.ratio"].dropna()
+    if ((ratio < 0) | (ratio >= 1)).any():
+        raise KDTuneError(f"{where}: column prune.ratio must be in [0, 1)")
+    df["trial_id"] = df["trial_id"].astype(str)
+    df["status"] = df["status"].astype(str)
+    df["is_baseline"] = df["is_baseline"].fillna(df["kd.alpha"] == 0).astype(bool)
+    # What a deployed model takes: the smaller of the dense and the sparse storage (a sparse
+    # format only pays off once enough weights are pruned).
+    df[SIZE_COLUMN] = df[["size_mb_dense", "size_mb_sparse"]].min(axis=1, skipna=True)
+    return df
+
+
+def load_runs(*run_dirs: str | Path) -> pd.DataFrame:
+    """Load the ``trials.parquet`` of each run folder into one DataFrame, one row per trial.
+
+    Adds ``run`` (the folder's name, or its full path when two folders share a name),
+    ``run_dir`` and ``size_mb_min`` (the smaller of ``size_mb_dense`` and ``size_mb_sparse``).
+    Optional columns the file lacks are added as NaN/None. Raises
+    :class:`~kdtune.errors.KDTuneError` naming the folder when the file is missing or unreadable,
+    lacks required columns (listed), or holds values out of range.
+    """
+    if not run_dirs:
+        raise KDTuneError("no run folder given")
+    frames, taken = [], set()
+    for raw in run_dirs:
+        run_dir = Path(raw)
+        path = run_dir / TRIALS_FILE
+        if not path.is_file():
+            what = "is not a folder" if not run_dir.is_dir() else f"has no {TRIALS_FILE}"
+            raise KDTuneError(f"run folder {run_dir} {what}: is the sweep finished?")
+        try:
+            df = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise KDTuneError(f"cannot read {path}: {_first_line(exc)}") from None
+        df = _check_trials(df, run_dir)
+        name = _run_name(run_dir, taken)
+        taken.add(name)
+        df.insert(0, "run", name)
+        df["run_dir"] = str(run_dir)
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return out.reset_index(drop=True)
+
+
+def load_epochs(*run_dirs: str | Path, missing_ok: bool = False) -> pd.DataFrame:
+    """Load the ``epochs.parquet`` of each run folder (columns :data:`EPOCH_COLUMNS` + ``run``).
+
+    With ``missing_ok`` a folder without the file contributes no rows instead of raising.
+    """
+    frames, taken = [], set()
+    for raw in run_dirs:
+        run_dir = Path(raw)
+        name = _run_name(run_dir, taken)
+        taken.add(name)
+        path = run_dir / EPOCHS_FILE
+        if not path.is_file():
+            if missing_ok:
+                continue
+            raise KDTuneError(f"run folder {run_dir} has no {EPOCHS_FILE}")
+        try:
+            df = pd.read_parquet(path)
+        except Exception as exc:
+            raise KDTuneError(f"cannot read {path}: {_first_line(exc)}") from None
+        missing = [c for c in EPOCH_COLUMNS if c not in df.columns]
+        if missing:
+            raise KDTuneError(f"{path} lacks required column(s) {', '.join(missing)}")
+        df = df.copy()
+        df["trial_id"] = df["trial_id"].astype(str)
+        for col in ("epoch", "val_acc", "train_loss", "lr"):
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+        df.insert(0, "run", name)
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in ("run", *EPOCH_COLUMNS)})
+    return pd.concat(frames, ignore_index=True)
+
+
+def _flatten_space(space: object, columns: Iterable[str], prefix: str = "") -> list[str]:
+    cols = set(columns)
+    keys: list[str] = []
+    if not isinstance(space, dict):
+        return keys
+    for key, spec in space.items():
+        dotted = f"{prefix}{key}"
+        if dotted in cols:
+            keys.append(dotted)
+        elif isinstance(spec, dict):
+            keys.extend(_flatten_space(spec, cols, prefix=f"{dotted}."))
+    return keys
+
+
+def searched_keys(df: pd.DataFrame, run_dirs: Sequence[str | Path] = ()) -> list[str]:
+    """The config keys the sweep searched over.
+
+    Read from each run folder's ``sweep.yaml`` (``search.space``, dotted or nested keys) when
+    present; otherwise inferred as the config columns (except ``seed``) that take more than one
+    value. Only keys that are columns of ``df`` are returned, in ``df``'s column order.
+    """
+    import yaml
+
+    found: set[str] = set()
+    have_yaml = False
+    for raw in run_dirs:
+        path = Path(raw) / SWEEP_FILE
+        if not path.is_file():
+            continue
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise KDTuneError(f"cannot read {path}: {_first_line(exc)}") from None
+        space = (doc or {}).get("search", {}) if isinstance(doc, dict) else {}
+        space = space.get("space", {}) if isinstance(space, dict) else {}
+        have_yaml = True
+        found.update(_flatten_space(space, df.columns))
+    if not have_yaml:
+        found = {c for c in config_columns(df) if df[c].nunique(dropna=False) > 1}
+    found.discard("seed")
+    return [c for c in df.columns if c in found]
+
+
+def config_columns(df: pd.DataFrame) -> list[str]:
+    """Config columns of ``df``: the dotted keys plus ``seed`` and ``is_baseline``."""
+    return [
+        c
+        for c in df.columns
+        if c != "run_dir" and ("." in c or c in ("seed", "is_baseline")) and c not in NOT_CONFIG[1:]
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularised incomplete beta function (Numerical Recipes)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-14:
+            break
+    return h
+
+
+def _betai(a: float, b: float, x: float) -> float:
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    front = math.exp(lbeta + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def _t_cdf(t: float, df: float) -> float:
+    tail = 0.5 * _betai(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Quantile of Student's t distribution (no SciPy needed): ``t_quantile(0.975, 4) ≈ 2.776``."""
+    if not 0.0 < p < 1.0:
+        raise ValueError("p must be in (0, 1)")
+    if not df > 0 or math.isnan(df):
+        return math.nan
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def ci95_halfwidth(std: float, n: float) -> float:
+    """Half-width of the 95 % confidence interval of a mean: NaN when ``n < 2``."""
+    if n is None or math.isnan(n) or n < 2 or std is None or math.isnan(std):
+        return math.nan
+    return t_quantile(0.975, n - 1) * std / math.sqrt(n)
+
+
+def welch_diff(
+    mean_a: float, std_a: float, n_a: float, mean_b: float, std_b: float, n_b: float
+) -> tuple[float, float, float]:
+    """``(diff, low, high)``: mean_a - mean_b with its 95 % Welch interval (NaN bounds if n < 2)."""
+    diff = mean_a - mean_b
+    if min(n_a, n_b) < 2 or any(math.isnan(v) for v in (std_a, std_b, diff)):
+        return diff, math.nan, math.nan
+    va, vb = std_a**2 / n_a, std_b**2 / n_b
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff
+    dof = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    half = t_quantile(0.975, dof) * se
+    return diff, diff - half, diff + half
+
+
+def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per distinct config of the *completed* trials, seeds averaged.
+
+    Groups the completed rows by every config column (:func:`config_columns`) except ``seed``
+    (rows of several runs with the same config are pooled). For each metric of
+    :data:`AGG_METRICS` present it adds ``<m>_mean``, ``<m>_std`` (sample std, ddof 1),
+    ``<m>_n`` (non-NaN values) and ``<m>_ci95`` (Student-t half-width; NaN when n < 2). Also:
+    ``n_seeds``, ``seeds`` ("0,1,2"), ``trial_ids`` and ``runs`` (";"-joined), ``best_trial_id``
+    and ``best_checkpoint`` (the seed with the highest validation accuracy: the one to deploy),
+    and the first ``gpu_device``/``cpu_device``/``cpu_threads`` label. Stopped and errored trials
+    are left out: they have no final measurements.
+    """
+    done = df[df["status"] == "completed"]
+    keys = [c for c in config_columns(df) if c != "seed"]
+    metrics = [m for m in AGG_METRICS if m in df.columns]
+    label_cols = [c for c in ("gpu_device", "cpu_device", "cpu_threads") if c in df.columns]
+    out_cols = [
+        *keys,
+        "n_seeds",
+        "seeds",
+        "trial_ids",
+        "runs",
+        "best_trial_id",
+        "best_checkpoint",
+        *label_cols,
+        *[f"{m}_{s}" for m in metrics for s in ("mean", "std", "n", "ci95")],
+    ]
+    if done.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in out_cols})
+    rows = []
+    for _, grp in done.groupby(keys, dropna=False, sort=False):
+        first = grp.iloc[0]
+        row = {k: first[k] for k in keys}
+        row["n_seeds"] = len(grp)
+        seeds = grp["seed"].dropna()
+        row["seeds"] = ",".join(
+            str(int(s)) if float(s).is_integer() else str(s) for s in sorted(seeds)
+        )
+        row["trial_ids"] = ";".join(grp["trial_id"].astype(str))
+        row["runs"] = ";".join(dict.fromkeys(grp["run"].astype(str))) if "run" in grp else ""
+        best = grp.loc[grp["val_acc"].fillna(-np.inf).idxmax()] if "val_acc" in grp else first
+        row["best_trial_id"] = best["trial_id"]
+        ckpt = best.get("checkpoint")
+        row["best_checkpoint"] = None if ckpt is None or pd.isna(ckpt) else str(ckpt)
+        for c in label_cols:
+            vals = grp[c].dropna()
+            row[c] = vals.iloc[0] if len(vals) else None
+        for m in metrics:
+            vals = grp[m].astype(float).dropna()
+            n = len(vals)
+            mean = float(vals.mean()) if n else math.nan
+            std = float(vals.std(ddof=1)) if n >= 2 else math.nan
+            row[f"{m}_mean"] = mean
+            row[f"{m}_std"] = std
+            row[f"{m}_n"] = n
+            row[f"{m}_ci95"] = ci95_halfwidth(std, n)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=out_cols)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pareto front
+
+
+def pareto_front(
+    df: pd.DataFrame, maximize: Sequence[str] = (), minimize: Sequence[str] = ()
+) -> pd.Series:
+    """Boolean Series (``df``'s index, name ``on_front``): True for the non-dominated rows.
+
+    A row is dominated when another row is at least as good on every objective and strictly
+    better on one. Rows with equal objective values do not dominate each other, so ties on the
+    front are all kept. Rows with NaN in any objective are never on the front (and dominate
+    nothing). Needs 2 or 3 objectives in total (``ValueError`` otherwise; for one objective the
+    best row is simply the maximum).
+    """
+    maximize, minimize = list(maximize), list(minimize)
+    objectives = maximize + minimize
+    if not 2 <= len(objectives) <= 3:
+        raise ValueError(f"pareto_front needs 2 or 3 objectives, got {len(objectives)}")
+    if len(set(objectives)) != len(objectives):
+        raise ValueError(f"objective listed twice: {objectives}")
+    missing = [c for c in objectives if c not in df.columns]
+    if missing:
+        raise ValueError(f"no column {', '.join(missing)} in the table")
+    if df.empty:
+        return pd.Series(np.zeros(0, dtype=bool), index=df.index, name="on_front")
+    cols = [pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float) for c in maximize]
+    cols += [-pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float) for c in minimize]
+    values = np.column_stack(cols)  # every objective is now "higher is better"
+    valid = ~np.isnan(values).any(axis=1)
+    pts = values[valid]
+    dominated = np.zeros(len(pts), dtype=bool)
+    chunk = max(1, 2_000_000 // max(1, len(pts)))
+    for start in range(0, len(pts), chunk):
+        block = pts[start : start + chunk, None, :]  # candidates i
+        ge = (pts[None, :, :] >= block).all(axis=2)  # j at least as good as i everywhere
+        gt = (pts[None, :, :] > block).any(axis=2)  # j strictly better somewhere
+        dominated[start : start + chunk] = (ge & gt).any(axis=1)
+    on_front = np.zeros(len(df), dtype=bool)
+    on_front[np.flatnonzero(valid)] = ~dominated
+    return pd.Series(on_front, index=df.index, name="on_front")
+
+
+# ---------------------------------------------------------------------------------------------
+# Axes: which latency / size column to use and how to label it
+
+
+def latency_column(df: pd.DataFrame) -> str | None:
+    """``latency_ms_b1_gpu`` when any value is measured, else ``latency_ms_b1_cpu``, else None.
+
+    On an aggregated table (:func:`aggregate_seeds`) the same rule picks the ``..._mean`` column.
+    """
+    for dev in ("gpu", "cpu"):
+        for col in (f"latency_ms_b1_{dev}", f"latency_ms_b1_{dev}_mean"):
+            if col in df.columns and pd.to_numeric(df[col], errors="coerce").notna().any():
+                return col
+    return None
+
+
+def _labels(series: pd.Series) -> list[str]:
+    return [str(v) for v in dict.fromkeys(series.dropna().astype(str)) if str(v).strip()]
+
+
+def latency_label(df: pd.DataFrame) -> str:
+    """Axis title for the latency chosen by :func:`latency_column`, with unit and device.
+
+    E.g. ``"batch-1 latency (ms, cpu Intel Xeon, 1 thread)"``.
+    """
+    col = latency_column(df)
+    if col is None:
+        return "batch-1 latency (ms; not measured)"
+    measured = df[pd.to_numeric(df[col], errors="coerce").notna()]
+    if "gpu" in col:
+        devices = _labels(measured["gpu_device"]) if "gpu_device" in df else []
+        where = " / ".join(devices) or "GPU"
+    else:
+        devices = _labels(measured["cpu_device"]) if "cpu_device" in df else []
+        where = " / ".join(devices) or "CPU"
+        threads = pd.to_numeric(measured.get("cpu_threads"), errors="coerce")
+        threads = sorted({int(t) for t in threads.dropna()}) if threads is not None else []
+        if threads:
+            n = "/".join(str(t) for t in threads)
+            where += f", {n} thread" + ("" if threads == [1] else "s")
+    if len(devices) > 1:
+        where = "mixed devices: " + where
+    return f"batch-1 latency (ms, {where})"
+
+
+def size_label() -> str:
+    return "model size (MB, smaller of dense and sparse storage; 1 MB = 10⁶ bytes)"

@@ -1,0 +1,101 @@
+"""Config checking: every user mistake is one line naming the key and what is allowed."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from kdtune.cli import main
+from kdtune.config import load_trial_config, parse_overrides, trial_config
+from kdtune.errors import KDTuneError
+
+
+def err(raw):
+    with pytest.raises(KDTuneError) as e:
+        trial_config(raw)
+    return str(e.value)
+
+
+def test_defaults_are_valid():
+    cfg = trial_config({})
+    assert cfg.kd.temperature == 4.0 and cfg.data.val_size == 5000
+    assert cfg.flat()["kd.alpha"] == cfg.kd.alpha
+
+
+@pytest.mark.parametrize("raw, key, allowed", [
+    ({"kd": {"alpha": 1.5}}, "kd.alpha", "<= 1"),
+    ({"kd": {"alpha": -0.1}}, "kd.alpha", ">= 0"),
+    ({"kd": {"temperature": 0}}, "kd.temperature", "> 0"),
+    ({"kd": {"temperature": -2.0}}, "kd.temperature", "> 0"),
+    ({"prune": {"ratio": 1.0}}, "prune.ratio", "< 1"),
+    ({"prune": {"ratio": -0.2}}, "prune.ratio", ">= 0"),
+    ({"prune": {"scope": "channel"}}, "prune.scope", "global, layerwise"),
+    ({"student": {"arch": "resnet9"}}, "student.arch", "resnet20"),
+    ({"teacher": {"arch": "vgg"}}, "teacher.arch", "resnet18"),
+    ({"student": {"stem": "imagenet"}}, "student.stem", "standard, cifar"),
+    ({"data": {"dataset": "mnist"}}, "data.dataset", "cifar10, cifar100, imagefolder"),
+    ({"teacher": {"cache": "disk"}}, "teacher.cache", "views, none"),
+    ({"train": {"optimizer": "lion"}}, "train.optimizer", "sgd, adamw"),
+    ({"train": {"epochs": "ten"}}, "train.epochs", "integer"),
+    ({"train": {"epochs": 2.5}}, "train.epochs", "integer"),
+    ({"train": {"lr": "fast"}}, "train.lr", "number"),
+    ({"data": {"augment": "yes"}}, "data.augment", "true/false"),
+    ({"kd": {"alpha": True}}, "kd.alpha", "number"),
+    ({"kd": {"alpha": 0.5, "beta": 1}}, "kd.beta", "unknown key; allowed: temperature, alpha"),
+    ({"optimiser": {}}, "optimiser", "unknown key; allowed: data, teacher"),
+    ({"kd": [1, 2]}, "kd", "mapping"),
+    ({"data": {"dataset": "imagefolder"}}, "data.root", "required"),
+    ({"device": "tpu"}, "device", "auto, cpu, cuda"),
+    ({"teacher": {"arch": "resnet8", "pretrained": "imagenet"}}, "teacher.pretrained",
+     "resnet18"),
+    ({"teacher": {"pretrained": "coco"}}, "teacher.pretrained", "null, imagenet"),
+])
+def test_bad_values_name_key_and_allowed(raw, key, allowed):
+    msg = err(raw)
+    assert msg.startswith(key + ":"), msg
+    assert allowed in msg, msg
+    assert "\n" not in msg
+
+
+def test_overrides_are_yaml_typed():
+    pairs = parse_overrides(["kd.alpha=0.5", "prune.scope=layerwise", "data.root=null",
+                             "train.epochs=3"])
+    assert pairs == [("kd.alpha", 0.5), ("prune.scope", "layerwise"), ("data.root", None),
+                     ("train.epochs", 3)]
+    cfg = trial_config({}, pairs)
+    assert cfg.kd.alpha == 0.5 and cfg.train.epochs == 3
+    with pytest.raises(KDTuneError, match="kd.alhpa: unknown key"):
+        trial_config({}, parse_overrides(["kd.alhpa=0.5"]))
+    with pytest.raises(KDTuneError, match="expected key=value"):
+        parse_overrides(["kd.alpha"])
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("kd: {alpha: [0.5\n")
+    with pytest.raises(KDTuneError, match="not valid YAML"):
+        load_trial_config(p)
+    with pytest.raises(KDTuneError, match="no such config file"):
+        load_trial_config(tmp_path / "missing.yaml")
+
+
+def test_cli_bad_config_exits_2_with_one_line(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"kd": {"alpha": 2}}))
+    assert main(["trial", str(p)]) == 2
+    e = capsys.readouterr().err.strip().splitlines()
+    assert e == ["kdtune: error: kd.alpha: got 2; allowed: a value >= 0 and <= 1"]
+    assert main(["validate", str(p)]) == 2
+
+
+def test_cli_subprocess_has_no_traceback(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"student": {"arch": "resnet9"}}))
+    r = subprocess.run([sys.executable, "-m", "kdtune.cli", "trial", str(p)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kdtune: error: student.arch:")
+    assert "resnet20" in lines[0] and "mobilenet_v3_small" in lines[0]

@@ -1,0 +1,429 @@
+"""Tests of kdtune.results, and the fake run folders the dashboard tests reuse (make_fake_run)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdtune.errors import KDTuneError
+from kdtune.results import (
+    aggregate_seeds,
+    latency_column,
+    latency_label,
+    load_epochs,
+    load_runs,
+    pareto_front,
+    searched_keys,
+    t_quantile,
+    welch_diff,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Fake run folders, shaped like what a sweep writes
+
+STUDENTS = {
+    # arch: (base accuracy, cpu latency ms, dense size MB, params)
+    "resnet18": (0.875, 9.0, 44.7, 11_173_962),
+    "mobilenetv2": (0.86, 6.0, 9.2, 2_236_682),
+}
+# (T, alpha, label smoothing, prune ratio): alpha 0 is the no-KD baseline
+CONFIGS = [
+    (4.0, 0.0, 0.0, 0.0),
+    (4.0, 0.0, 0.0, 0.5),
+    (2.0, 0.5, 0.0, 0.0),
+    (4.0, 0.9, 0.0, 0.0),
+    (4.0, 0.9, 0.1, 0.0),
+    (4.0, 0.9, 0.0, 0.5),
+    (8.0, 0.9, 0.1, 0.7),
+]
+SEARCH_SPACE = {
+    "student.arch": {"choice": list(STUDENTS)},
+    "student.stem": {"choice": ["standard", "cifar"]},
+    "kd.temperature": {"choice": [2.0, 4.0, 8.0]},
+    "kd.alpha": {"choice": [0.0, 0.5, 0.9]},
+    "kd.label_smoothing": {"choice": [0.0, 0.1]},
+    "prune.ratio": {"choice": [0.0, 0.5, 0.7]},
+}
+
+
+def _trial_row(rng, i, student, stem, cfg, seed, status, *, gpu, run_tag):
+    temp, alpha, ls, ratio = cfg
+    base, lat, size, params = STUDENTS[student]
+    acc = (
+        base
+        + (0.03 if stem == "cifar" else 0.0)
+        + (alpha * 0.015 * min(temp, 4.0) / 4.0)
+        + ls * 0.05
+        - 0.06 * ratio**2
+        + rng.normal(0, 0.003)
+    )
+    acc = float(np.clip(acc, 0, 1))
+    lat_cpu = lat * (1.6 if stem == "cifar" else 1.0) * (1 + rng.normal(0, 0.02))
+    nonzero = int(params * (1 - ratio))
+    done = status == "completed"
+    epochs = 4 if done else (1 if status == "errored" else 2)
+    nan = math.nan
+    row = {
+        "trial_id": f"{run_tag}_{i:05d}",
+        "status": status,
+        "error": "RuntimeError: CUDA out of memory" if status == "errored" else None,
+        "group": student,
+        "epochs_trained": epochs,
+        "wall_s": 30.0 * epochs + rng.uniform(0, 5),
+        "checkpoint": f"/runs/{run_tag}/{run_tag}_{i:05d}/model.pt" if done else None,
+        "data.dataset": "imagefolder",
+        "data.label": "CIFAR-10 (JPEG copy)",
+        "teacher.arch": "resnet50",
+        "teacher.stem": "cifar",
+        "student.arch": student,
+        "student.stem": stem,
+        "kd.temperature": temp,
+        "kd.alpha": alpha,
+        "kd.label_smoothing": ls,
+        "prune.ratio": ratio,
+        "prune.scope": "global" if ratio > 0 else None,
+        "prune.finetune_epochs": 2 if ratio > 0 else 0,
+        "train.epochs": 4,
+        "train.lr": 0.05,
+        "train.batch_size": 128,
+        "seed": seed,
+        "is_baseline": alpha == 0.0,
+        "val_acc": acc + 0.004 if status != "errored" else nan,
+        "test_acc": acc if done else nan,
+        "teacher_val_acc": 0.953,
+        "teacher_test_acc": 0.951,
+        "params": params,
+        "nonzero_params": nonzero,
+        "size_mb_dense": size if done else nan,
+        "size_mb_sparse": size * (1 - ratio) * 1.05 if done else nan,
+        "size_mb_disk": size * 1.01 if done else nan,
+        "flops": 5.6e8 * (4 if stem == "cifar" else 1),
+        "sparsity_pruned": ratio,
+        "sparsity_total": ratio * 0.98,
+        "latency_ms_b1_gpu": (lat_cpu / 6 if gpu else nan) if done else nan,
+        "latency_ms_b1_gpu_p90": (lat_cpu / 5 if gpu else nan) if done else nan,
+        "throughput_ips_gpu": (9000.0 if gpu else nan) if done else nan,
+        "latency_ms_b1_cpu": lat_cpu if done else nan,
+        "latency_ms_b1_cpu_p90": lat_cpu * 1.1 if done else nan,
+        "throughput_ips_cpu": 1000 / lat_cpu if done else nan,
+        "cpu_threads": 1,
+        "gpu_device": "cuda NVIDIA H100 80GB HBM3" if gpu else None,
+        "cpu_device": "cpu Intel Xeon Platinum 8480",
+        "git_sha": "0123456789abcdef0123456789abcdef01234567",
+        "python_version": "3.11.2",
+        "torch_version": "2.9.0",
+        "torchvision_version": "0.24.0",
+        "ray_version": "2.50.0",
+        "optuna_version": "4.5.0",
+        "device": "cuda" if gpu else "cpu",
+    }
+    return row
+
+
+def make_fake_run(
+    root: Path,
+    name: str = "sweep-a",
+    *,
+    students=tuple(STUDENTS),
+    stems=("standard", "cifar"),
+    configs=CONFIGS,
+    seeds=(0, 1, 2),
+    n_stopped: int = 5,
+    n_errored: int = 2,
+    gpu: bool = False,
+    sweep_yaml: bool = True,
+    teacher_measured: bool = True,
+    rng_seed: int = 0,
+) -> Path:
+    """Write a realistic run folder (trials.parquet, epochs.parquet, sweep.yaml) and return it."""
+    rng = np.random.default_rng(rng_seed)
+    run_dir = Path(root) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for student in students:
+        for stem in stems:
+            for cfg in configs:
+                for seed in seeds:
+                    rows.append(
+                        _trial_row(rng, len(rows), student, stem, cfg, seed, "completed",
+                                   gpu=gpu, run_tag=name)
+                    )
+    extra = [("stopped", n_stopped), ("errored", n_errored)]
+    for status, count in extra:
+        for k in range(count):
+            student = students[k % len(students)]
+            cfg = (2.0, 0.5, 0.1, 0.7)
+            rows.append(_trial_row(rng, len(rows), student, stems[0], cfg, 0, status,
+                                   gpu=gpu, run_tag=name))
+    trials = pd.DataFrame(rows)
+    if teacher_measured:
+        trials["teacher_latency_ms_b1_cpu"] = 21.5
+        trials["teacher_latency_ms_b1_gpu"] = 3.1 if gpu else math.nan
+        trials["teacher_size_mb_dense"] = 94.4
+    trials.to_parquet(run_dir / "trials.parquet", index=False)
+
+    epochs = []
+    for row in rows:
+        n_train = min(row["epochs_trained"], row["train.epochs"])
+        final = row["val_acc"] if not math.isnan(row["val_acc"]) else 0.8
+        for e in range(1, n_train + 1):
+            epochs.append({"trial_id": row["trial_id"], "epoch": e, "phase": "train",
+                           "val_acc": final - 0.25 * (1 - e / row["train.epochs"]) ** 1.5,
+                           "train_loss": 2.0 / e, "lr": 0.05 * (1 - e / (n_train + 1))})
+        if row["status"] == "completed":
+            for e in range(1, int(row["prune.finetune_epochs"]) + 1):
+                epochs.append({"trial_id": row["trial_id"], "epoch": e, "phase": "finetune",
+                               "val_acc": final - 0.01 / e, "train_loss": 0.5, "lr": 0.01})
+    pd.DataFrame(epochs).to_parquet(run_dir / "epochs.parquet", index=False)
+    if sweep_yaml:
+        import yaml
+
+        (run_dir / "sweep.yaml").write_text(
+            yaml.safe_dump({"name": name, "search": {"space": SEARCH_SPACE, "num_samples": 10}})
+        )
+    return run_dir
+
+
+def write_trials(run_dir: Path, rows: list[dict] | pd.DataFrame,
+                 epochs: pd.DataFrame | None = None) -> Path:
+    """Overwrite a run folder's trials.parquet (and optionally epochs.parquet)."""
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+    df.to_parquet(Path(run_dir) / "trials.parquet", index=False)
+    if epochs is not None:
+        epochs.to_parquet(Path(run_dir) / "epochs.parquet", index=False)
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_fake_run(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# pareto_front
+
+
+def test_pareto_two_objectives_hand_made():
+    df = pd.DataFrame(
+        {
+            "acc": [0.90, 0.92, 0.88, 0.92, 0.80, 0.95],
+            "lat": [5.0, 6.0, 4.0, 7.0, 4.5, 10.0],
+        },
+        index=list("abcdef"),
+    )
+    front = pareto_front(df, maximize=["acc"], minimize=["lat"])
+    # d (0.92 @ 7) is dominated by b (0.92 @ 6); e (0.80 @ 4.5) by c (0.88 @ 4)
+    assert front.to_dict() == {"a": True, "b": True, "c": True, "d": False, "e": False, "f": True}
+    assert front.dtype == bool and front.name == "on_front"
+
+
+def test_pareto_ties_kept_and_nan_excluded():
+    df = pd.DataFrame(
+        {
+            "acc": [0.9, 0.9, 0.8, np.nan, 0.99, 0.85],
+            "lat": [5.0, 5.0, 3.0, 1.0, np.nan, 3.0],
+        }
+    )
+    front = pareto_front(df, maximize=["acc"], minimize=["lat"])
+    # rows 0 and 1 are identical: both kept; NaN rows 3 and 4 never on the front (and dominate
+    # nothing: row 2 stays although row 3 would be faster); row 5 ties row 2 on latency and wins
+    assert front.tolist() == [True, True, False, False, False, True]
+
+
+def test_pareto_three_objectives():
+    df = pd.DataFrame(
+        {
+            "acc": [0.90, 0.90, 0.85, 0.95, 0.89],
+            "lat": [5.0, 5.0, 3.0, 9.0, 5.0],
+            "size": [10.0, 8.0, 4.0, 40.0, 9.0],
+        }
+    )
+    front = pareto_front(df, maximize=["acc"], minimize=["lat", "size"])
+    # row 0 is dominated by row 1 (same acc and latency, smaller); row 4 by row 1
+    assert front.tolist() == [False, True, True, True, False]
+    # on two objectives only, rows 0 and 1 tie and are both kept
+    assert pareto_front(df, maximize=["acc"], minimize=["lat"]).tolist() == [
+        True, True, True, True, False
+    ]
+
+
+def test_pareto_all_dominated_by_one_point():
+    df = pd.DataFrame({"acc": [0.5, 0.6, 0.7, 0.99], "lat": [9.0, 8.0, 7.0, 1.0],
+                       "size": [5.0, 5.0, 5.0, 1.0]})
+    assert pareto_front(df, ["acc"], ["lat"]).tolist() == [False, False, False, True]
+    assert pareto_front(df, ["acc"], ["lat", "size"]).tolist() == [False, False, False, True]
+
+
+def test_pareto_edge_cases():
+    empty = pd.DataFrame({"a": [], "b": []})
+    assert pareto_front(empty, ["a"], ["b"]).empty
+    all_nan = pd.DataFrame({"a": [np.nan, 1.0], "b": [1.0, np.nan]})
+    assert not pareto_front(all_nan, ["a"], ["b"]).any()
+    with pytest.raises(ValueError, match="2 or 3"):
+        pareto_front(empty, ["a"], [])
+    with pytest.raises(ValueError, match="2 or 3"):
+        pareto_front(pd.DataFrame({c: [1.0] for c in "abcd"}), ["a", "b"], ["c", "d"])
+    with pytest.raises(ValueError, match="no column"):
+        pareto_front(empty, ["a"], ["zzz"])
+
+
+def test_pareto_matches_brute_force_on_random_table():
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame(rng.integers(0, 6, size=(300, 3)).astype(float), columns=["x", "y", "z"])
+    df.loc[rng.choice(300, 20, replace=False), "y"] = np.nan
+    front = pareto_front(df, maximize=["x"], minimize=["y", "z"])
+    pts = np.column_stack([df.x, -df.y, -df.z])
+    for i, p in enumerate(pts):
+        if np.isnan(p).any():
+            assert not front.iloc[i]
+            continue
+        others = pts[~np.isnan(pts).any(axis=1)]
+        dominated = any((q >= p).all() and (q > p).any() for q in others)
+        assert front.iloc[i] == (not dominated)
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics and seed aggregation
+
+
+def test_t_quantile_matches_tables():
+    for dof, expected in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (10, 2.2281), (30, 2.0423),
+                          (1000, 1.9623)]:
+        assert t_quantile(0.975, dof) == pytest.approx(expected, abs=1e-4)
+    assert t_quantile(0.025, 4) == pytest.approx(-2.7764, abs=1e-4)
+    assert t_quantile(0.975, 8) < t_quantile(0.975, 7.5) < t_quantile(0.975, 7)  # Welch dof
+
+
+def test_aggregate_seeds_by_hand():
+    base = {c: v for c, v in _trial_row(np.random.default_rng(0), 0, "resnet18", "cifar",
+                                        (4.0, 0.9, 0.0, 0.0), 0, "completed", gpu=False,
+                                        run_tag="r").items()}
+    accs = [0.90, 0.92, 0.94]
+    rows = []
+    for seed, acc in enumerate(accs):
+        rows.append({**base, "trial_id": f"t{seed}", "seed": seed, "test_acc": acc,
+                     "val_acc": acc, "latency_ms_b1_cpu": 10.0 + seed, "run": "r"})
+    # a second config with one seed, a stopped and an errored trial of the first config
+    rows.append({**base, "trial_id": "solo", "seed": 0, "kd.alpha": 0.5, "test_acc": 0.8,
+                 "val_acc": 0.8, "run": "r"})
+    rows.append({**base, "trial_id": "stop", "seed": 5, "status": "stopped", "test_acc": np.nan,
+                 "run": "r"})
+    rows.append({**base, "trial_id": "err", "seed": 6, "status": "errored", "run": "r"})
+    agg = aggregate_seeds(pd.DataFrame(rows))
+    assert len(agg) == 2
+    main = agg[agg["kd.alpha"] == 0.9].iloc[0]
+    assert main["n_seeds"] == 3 and main["seeds"] == "0,1,2"
+    assert main["trial_ids"] == "t0;t1;t2"
+    assert main["test_acc_mean"] == pytest.approx(0.92)
+    std = math.sqrt(((0.02) ** 2 + 0 + 0.02**2) / 2)
+    assert main["test_acc_std"] == pytest.approx(std)
+    assert main["test_acc_n"] == 3
+    assert main["test_acc_ci95"] == pytest.approx(4.302653 * std / math.sqrt(3), rel=1e-5)
+    assert main["latency_ms_b1_cpu_mean"] == pytest.approx(11.0)
+    assert main["best_trial_id"] == "t2"
+    assert main["best_checkpoint"] == base["checkpoint"]
+    solo = agg[agg["kd.alpha"] == 0.5].iloc[0]
+    assert solo["n_seeds"] == 1 and solo["test_acc_mean"] == pytest.approx(0.8)
+    assert math.isnan(solo["test_acc_std"]) and math.isnan(solo["test_acc_ci95"])
+
+
+def test_aggregate_seeds_on_fake_run(run_dir):
+    df = load_runs(run_dir)
+    agg = aggregate_seeds(df)
+    assert len(agg) == len(STUDENTS) * 2 * len(CONFIGS)
+    assert (agg["n_seeds"] == 3).all()
+    done = df[df.status == "completed"]
+    one = agg.iloc[5]
+    members = done[done.trial_id.isin(one["trial_ids"].split(";"))]
+    assert one["test_acc_mean"] == pytest.approx(members.test_acc.mean())
+    assert one["size_mb_sparse_std"] == pytest.approx(members.size_mb_sparse.std())
+    assert "seed" not in agg.columns
+    assert aggregate_seeds(df[df.status != "completed"]).empty
+
+
+def test_welch_diff():
+    diff, lo, hi = welch_diff(0.92, 0.01, 3, 0.90, 0.01, 3)
+    assert diff == pytest.approx(0.02)
+    half = t_quantile(0.975, 4) * math.sqrt(2 * 0.01**2 / 3)
+    assert (lo, hi) == pytest.approx((0.02 - half, 0.02 + half))
+    assert math.isnan(welch_diff(0.9, 0.0, 1, 0.8, 0.01, 3)[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def test_load_runs_several_folders(tmp_path):
+    a = make_fake_run(tmp_path, "a")
+    b = make_fake_run(tmp_path, "b", students=("resnet18",), gpu=True, rng_seed=1)
+    df = load_runs(a, b)
+    assert set(df.run) == {"a", "b"}
+    assert len(df) == len(pd.read_parquet(a / "trials.parquet")) + len(
+        pd.read_parquet(b / "trials.parquet"))
+    assert set(df.status) == {"completed", "stopped", "errored"}
+    assert df["is_baseline"].dtype == bool
+    ep = load_epochs(a, b)
+    assert set(ep.run) == {"a", "b"} and {"epoch", "phase", "val_acc"} <= set(ep.columns)
+    assert latency_column(df) == "latency_ms_b1_gpu"  # b measured a GPU
+    assert "NVIDIA H100" in latency_label(df)
+    assert latency_column(load_runs(a)) == "latency_ms_b1_cpu"
+    assert latency_label(load_runs(a)) == (
+        "batch-1 latency (ms, cpu Intel Xeon Platinum 8480, 1 thread)")
+
+
+def test_load_runs_errors_name_the_folder(tmp_path):
+    with pytest.raises(KDTuneError, match="nowhere"):
+        load_runs(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(KDTuneError, match=r"empty has no trials\.parquet"):
+        load_runs(tmp_path / "empty")
+    run = make_fake_run(tmp_path, "cut")
+    df = pd.read_parquet(run / "trials.parquet").drop(columns=["test_acc", "kd.alpha"])
+    write_trials(run, df)
+    with pytest.raises(KDTuneError, match=r"cut.*kd\.alpha, test_acc") as err:
+        load_runs(run)
+    assert "\n" not in str(err.value)
+    run = make_fake_run(tmp_path, "pct")
+    df = pd.read_parquet(run / "trials.parquet")
+    df["test_acc"] *= 100
+    write_trials(run, df)
+    with pytest.raises(KDTuneError, match="test_acc must be a fraction"):
+        load_runs(run)
+    df["test_acc"] /= 100
+    df.loc[0, "status"] = "paused"
+    write_trials(run, df)
+    with pytest.raises(KDTuneError, match="unknown trial status paused"):
+        load_runs(run)
+    (run / "epochs.parquet").unlink()
+    with pytest.raises(KDTuneError, match="no epochs.parquet"):
+        load_epochs(run)
+    assert load_epochs(run, missing_ok=True).empty
+
+
+def test_optional_columns_filled(tmp_path):
+    run = make_fake_run(tmp_path, "old", teacher_measured=False)
+    df = pd.read_parquet(run / "trials.parquet").drop(columns=["flops", "git_sha"])
+    write_trials(run, df)
+    loaded = load_runs(run)
+    assert loaded["flops"].isna().all() and loaded["git_sha"].isna().all()
+    assert loaded["teacher_size_mb_dense"].isna().all()
+
+
+def test_searched_keys_from_yaml_or_inferred(tmp_path):
+    run = make_fake_run(tmp_path, "y")
+    df = load_runs(run)
+    assert set(searched_keys(df, [run])) == set(SEARCH_SPACE)
+    nested = tmp_path / "nested"
+    nested.mkdir()
+    (nested / "sweep.yaml").write_text(
+        "search:\n  space:\n    kd:\n      temperature: {choice: [2, 4]}\n"
+        "    prune.ratio: {uniform: [0, 0.9]}\n")
+    assert searched_keys(df, [nested]) == ["kd.temperature", "prune.ratio"]
+    (run / "sweep.yaml").unlink()
+    inferred = searched_keys(df, [run])
+    assert set(inferred) >= set(SEARCH_SPACE)  # every searched key varies in the fake run
+    assert "seed" not in inferred and "train.lr" not in inferred

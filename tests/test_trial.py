@@ -1,0 +1,135 @@
+"""run_trial end to end: KD, pruning, resume, determinism, the CLI, and real CIFAR-10."""
+
+import json
+
+import pytest
+import torch
+
+from kdtune import teacher as teacher_mod
+from kdtune.cli import main
+from kdtune.config import trial_config
+from kdtune.trial import run_trial
+
+from conftest import SHARED_CIFAR
+
+quiet = dict(log=lambda m: None)
+
+
+def test_kd_prune_trial_end_to_end(tiny_raw, tmp_path):
+    tiny_raw["teacher"]["cache"] = "views"
+    tiny_raw["data"].update(synthetic_train=180, val_size=50)  # views: 162 passes per image
+    tiny_raw["prune"] = {"ratio": 0.5, "finetune_epochs": 1, "scope": "global"}
+    tiny_raw["measure"]["latency"] = True
+    reports = []
+    r = run_trial(trial_config(tiny_raw), report=reports.append, checkpoint_dir=tmp_path,
+                  **quiet)
+    assert [x["epoch"] for x in reports] == [1, 2, 3]
+    assert [x["phase"] for x in reports] == ["train", "train", "finetune"]
+    for x in reports:
+        assert {"val_acc", "train_loss", "lr", "size_mb_sparse", "flops"} <= set(x)
+    assert reports[-1]["final"] and reports[-1]["test_acc"] == r["test_acc"]
+    assert r["teacher_cache"] == "views" and r["view_cache_build_s"] > 0
+    assert r["val_acc"] > 0.3  # chance is 0.1 on the synthetic 10-class data
+    assert r["sparsity_pruned"] == pytest.approx(0.5, abs=1e-3)
+    assert 0 < r["sparsity_total"] < r["sparsity_pruned"]
+    assert r["nonzero_params"] < r["params"]
+    assert r["latency_ms_b1"] > 0 and r["latency_ms_b1_p90"] >= r["latency_ms_b1"]
+    assert r["measure_device"].startswith("cpu") and r["measure_threads"] == 1
+    assert r["teacher_val_acc"] is not None and r["epochs_trained"] == 3
+    state = torch.load(tmp_path / "student.pt", weights_only=True)
+    assert not any(k.endswith(("_orig", "_mask")) for k in state)
+    convs = [v for k, v in state.items() if v.dim() == 4]
+    zeros = sum(int((v == 0).sum()) for v in convs) / sum(v.numel() for v in convs)
+    assert zeros == pytest.approx(0.5, abs=1e-3)  # zeros survived fine-tuning and saving
+
+
+def test_no_kd_baseline_needs_no_teacher(tiny_raw, monkeypatch):
+    monkeypatch.setattr(teacher_mod, "prepare_teacher",
+                        lambda *a, **k: pytest.fail("teacher built for alpha=0"))
+    tiny_raw["kd"]["alpha"] = 0.0
+    r = run_trial(trial_config(tiny_raw), **quiet)
+    assert r["teacher_cache"] == "none" and r["teacher_val_acc"] is None
+
+
+def test_same_seed_same_numbers_and_seed_matters(tiny_raw):
+    tiny_raw["teacher"]["cache"] = "none"
+    a = run_trial(trial_config(tiny_raw), **quiet)
+    b = run_trial(trial_config(tiny_raw), **quiet)
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert a["test_acc"] == b["test_acc"]
+    tiny_raw["seed"] = 1
+    c = run_trial(trial_config(tiny_raw), **quiet)
+    assert [h["train_loss"] for h in c["history"]] != [h["train_loss"] for h in a["history"]]
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])  # mid-training, and mid-fine-tune
+def test_resume_continues_exactly(tiny_raw, tmp_path, stop_after):
+    tiny_raw["teacher"]["cache"] = "none"
+    tiny_raw["train"]["epochs"] = 3
+    tiny_raw["prune"] = {"ratio": 0.3, "finetune_epochs": 2}
+    cfg = trial_config(tiny_raw)
+    full = run_trial(cfg, **quiet)
+
+    def crash(row):
+        if row["epoch"] == stop_after:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_trial(cfg, report=crash, checkpoint_dir=tmp_path, **quiet)
+    logs = []
+    resumed = run_trial(cfg, checkpoint_dir=tmp_path, resume_from=tmp_path, log=logs.append)
+    assert any(f"resuming from epoch {stop_after}" in m for m in logs)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
+    assert [h["train_loss"] for h in resumed["history"]] == \
+        pytest.approx([h["train_loss"] for h in full["history"]], rel=1e-5)
+    assert resumed["test_acc"] == full["test_acc"]
+    assert resumed["sparsity_pruned"] == pytest.approx(0.3, abs=1e-3)
+
+
+def test_resume_refuses_other_config(tiny_raw, tmp_path):
+    cfg = trial_config(tiny_raw)
+    run_trial(cfg, checkpoint_dir=tmp_path, **quiet)
+    tiny_raw["kd"]["alpha"] = 0.5
+    with pytest.raises(Exception, match="different config"):
+        run_trial(trial_config(tiny_raw), resume_from=tmp_path, **quiet)
+
+
+def test_cli_trial_prints_epochs_then_json(tiny_raw, tmp_path, capsys):
+    import yaml
+
+    p = tmp_path / "t.yaml"
+    p.write_text(yaml.safe_dump(tiny_raw))
+    out = tmp_path / "out"
+    assert main(["trial", str(p), "--out", str(out), "--set", "kd.alpha=0.5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("epoch 1/2") and lines[1].startswith("epoch 2/2")
+    final = json.loads(lines[-1])
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["metrics"]["test_acc"] == final["test_acc"]
+    assert saved["config"]["kd"]["alpha"] == 0.5
+    for key in ("git_sha", "torch_version", "device", "seed", "dataset_label"):
+        assert key in final
+    state = torch.load(final["checkpoint"], weights_only=True)
+    assert any(k.endswith("weight") for k in state)
+    assert not (out / "trial_ckpt.pt").exists()
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.exists(),
+                    reason=f"shared CIFAR-10 JPEG copy not found at {SHARED_CIFAR}")
+def test_real_cifar10_jpeg_one_epoch_beats_chance(tmp_path):
+    cfg = trial_config({
+        "data": {"dataset": "imagefolder", "root": str(SHARED_CIFAR), "val_size": 500,
+                 "train_subset": 4000, "test_subset": 1000},
+        "teacher": {"arch": "cnn4", "stem": "cifar", "epochs": 1, "cache": "none"},
+        "student": {"arch": "resnet8", "stem": "cifar"},
+        "train": {"epochs": 1, "batch_size": 128, "lr": 0.05},
+        "kd": {"alpha": 0.5, "temperature": 4.0},
+        "measure": {"latency": False},
+        "device": "cpu", "cache_dir": str(tmp_path / "cache")})
+    r = run_trial(cfg, **quiet)
+    assert r["dataset_label"] == "CIFAR-10 (JPEG copy)"
+    assert r["test_acc"] > 0.2, r["test_acc"]  # chance is 0.1
