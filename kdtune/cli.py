@@ -61,9 +61,13 @@ def cmd_validate(args) -> int:
 
     raw = read_yaml(args.config)
     if "search" in raw:
+        from .sweep import baseline_configs, n_trials, teacher_configs
+
         sw = load_sweep_config(args.config)
         print(f"{args.config}: ok (sweep '{sw.search.name}': {len(sw.space)} searched keys, "
-              f"{sw.search.num_samples} samples x {len(sw.search.seeds)} seeds)")
+              f"{n_trials(sw)} trials incl. {len(baseline_configs(sw)) * len(sw.search.seeds)}"
+              f" no-KD baselines, {len(sw.search.seeds)} seed(s), "
+              f"{len(teacher_configs(sw, sw.base.to_dict()))} teacher(s))")
     else:
         load_trial_config(args.config)
         print(f"{args.config}: ok (trial)")
@@ -130,7 +134,8 @@ def main(argv=None) -> int:
     b.add_argument("--data", default=None, help="data.root of an imagefolder (default: the "
                    "shared CIFAR-10 JPEG copy if present, else synthetic)")
     b.add_argument("--device", default="auto")
-    b.add_argument("--train-subset", type=int, default=2000)
+    b.add_argument("--train-subset", type=int, default=None,
+                   help="training images (default 500 on CPU, 20000 on GPU)")
     b.add_argument("--out", default=None, help="write the table as JSON here too")
     b.set_defaults(fn=cmd_bench)
 

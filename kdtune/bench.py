@@ -1,0 +1,197 @@
+"""`kdtune bench`: kdtune's speed-ups against the notebook way, measured in one run.
+
+Prints ratios, not absolute targets: both sides of each ratio run in the same process on the
+same device, one after the other, so machine load and clock speed cancel out as far as possible.
+
+1. data: images/s of the on-device uint8 crop+flip+normalise path vs torchvision's PIL
+   transforms in a DataLoader (the notebook path), same images, same batch size.
+2. teacher: student step time with logits read from the view cache vs a teacher forward per
+   step, and the break-even point (trials x epochs) of building the cache.
+3. precision (CUDA only): bf16 autocast + channels_last vs fp32 student steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from . import measure
+from .config import trial_config
+from .data import DeviceData, load_split, num_views
+from .losses import kd_loss
+from .models import create_model
+from .trial import make_optimizer, resolve_device
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device, repeat: int) -> float:
+    """Median seconds of `repeat` calls after one warm-up call."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def bench_data(split, device, batch: int, n_batches: int) -> dict:
+    import torchvision.transforms as TT
+    from torch.utils.data import DataLoader, Dataset
+
+    dd = DeviceData(split, device)
+
+    def ours():
+        for i, (_, x, _, _) in enumerate(dd.train_batches(batch, seed=0)):
+            if i + 1 == n_batches:
+                break
+        return x
+
+    tf = TT.Compose([TT.ToPILImage(), TT.RandomCrop(32, padding=4), TT.RandomHorizontalFlip(),
+                     TT.ToTensor(), TT.Normalize(split.mean, split.std)])
+
+    class PILSet(Dataset):
+        def __len__(self):
+            return len(split.y_train)
+
+        def __getitem__(self, i):
+            return tf(torch.from_numpy(split.x_train[i])), int(split.y_train[i])
+
+    loader = DataLoader(PILSet(), batch_size=batch, shuffle=True, num_workers=0)
+
+    def notebook():
+        for i, (x, y) in enumerate(loader):
+            x = x.to(device, non_blocking=True)
+            if i + 1 == n_batches:
+                break
+        return x
+
+    images = batch * n_batches
+    t_ours = _time(ours, device, 3)
+    t_nb = _time(notebook, device, 3)
+    return {"images_per_s_kdtune": images / t_ours, "images_per_s_pil_dataloader":
+            images / t_nb, "speedup": t_nb / t_ours}
+
+
+def bench_teacher(cfg, split, device, steps: int) -> dict:
+    from .teacher import build_view_cache
+
+    dd = DeviceData(split, device)
+    teacher = create_model(cfg.teacher.arch, split.num_classes, cfg.teacher.stem).to(device)
+    teacher.eval()
+    student = create_model(cfg.student.arch, split.num_classes, cfg.student.stem).to(device)
+    if dd.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+        student = student.to(memory_format=torch.channels_last)
+    opt = make_optimizer(student, "sgd", 0.01, 5e-4)
+    cuda = device.type == "cuda"
+    t0 = time.perf_counter()
+    views = build_view_cache(teacher, dd, split.num_classes, log=lambda m: None)
+    _sync(device)
+    build_s = time.perf_counter() - t0
+    batches = list(dd.train_batches(cfg.train.batch_size, seed=0))[:steps]
+
+    def run(mode):
+        def go():
+            for idx, x, y, view in batches:
+                with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
+                    s = student(x)
+                    if mode == "views":
+                        t = views[idx, view]
+                    else:
+                        with torch.no_grad():
+                            t = teacher(x)
+                loss = kd_loss(s, t, y, 4.0, 0.9, 0.05)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return go
+
+    t_views = _time(run("views"), device, 3) / len(batches)
+    t_none = _time(run("none"), device, 3) / len(batches)
+    per_epoch_teacher_s = (t_none - t_views) * dd.steps_per_epoch(cfg.train.batch_size)
+    return {"teacher": f"{cfg.teacher.arch}/{cfg.teacher.stem}",
+            "student": f"{cfg.student.arch}/{cfg.student.stem}",
+            "train_images": dd.n_train, "step_ms_views": 1000 * t_views,
+            "step_ms_online_teacher": 1000 * t_none, "speedup": t_none / t_views,
+            "view_cache_build_s": build_s, "views": num_views(True),
+            "break_even_trial_epochs": build_s / per_epoch_teacher_s
+            if per_epoch_teacher_s > 0 else float("inf")}
+
+
+def bench_precision(cfg, split, device, steps: int) -> dict | None:
+    if device.type != "cuda":
+        return None
+    out = {}
+    for name, bf16, cl in (("fp32", False, False), ("bf16_channels_last", True, True)):
+        dd = DeviceData(split, device)
+        dd.channels_last = cl
+        model = create_model(cfg.student.arch, split.num_classes, cfg.student.stem).to(device)
+        if cl:
+            model = model.to(memory_format=torch.channels_last)
+        opt = make_optimizer(model, "sgd", 0.01, 5e-4)
+        batches = list(dd.train_batches(cfg.train.batch_size, seed=0))[:steps]
+
+        def go():
+            for _, x, y, _ in batches:
+                with torch.autocast("cuda", torch.bfloat16, enabled=bf16):
+                    loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+        out[f"step_ms_{name}"] = 1000 * _time(go, device, 3) / len(batches)
+    out["speedup"] = out["step_ms_fp32"] / out["step_ms_bf16_channels_last"]
+    return out
+
+
+def run_bench(args) -> dict:
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    # The view cache costs 162 teacher passes per image: keep the CPU default small.
+    n_train = args.train_subset or (20000 if cuda else 500)
+    root = args.data or (str(SHARED) if SHARED.exists() else None)
+    data = ({"dataset": "imagefolder", "root": root} if root else
+            {"dataset": "synthetic", "synthetic_train": n_train + 500})
+    cfg = trial_config({
+        "data": {**data, "val_size": 500, "train_subset": n_train},
+        "teacher": {"arch": "resnet18" if cuda else "resnet8", "stem": "cifar"},
+        "student": {"arch": "resnet20" if cuda else "resnet8", "stem": "cifar"},
+        "train": {"batch_size": 512 if cuda else 128}})
+    split = load_split(cfg.data, cfg.cache_dir)
+    label = f"{measure.device_label(device)}, {torch.get_num_threads()} CPU threads"
+    print(f"kdtune bench on {label}; data {split.label}, {len(split.y_train)} train images",
+          flush=True)
+    steps = 20 if cuda else 5
+    report = {"device": label, "data": split.label,
+              "data_pipeline": bench_data(split, device, cfg.train.batch_size, steps),
+              "teacher_cache": bench_teacher(cfg, split, device, steps),
+              "precision": bench_precision(cfg, split, device, steps)}
+    d, t, p = report["data_pipeline"], report["teacher_cache"], report["precision"]
+    print(f"{'what':<44}{'kdtune':>14}{'notebook way':>16}{'ratio':>8}")
+    print(f"{'data: images/s (crop+flip+normalise)':<44}{d['images_per_s_kdtune']:>14.0f}"
+          f"{d['images_per_s_pil_dataloader']:>16.0f}{d['speedup']:>7.1f}x")
+    print(f"{'KD step ms (' + t['student'] + ' <- ' + t['teacher'] + ')':<44}"
+          f"{t['step_ms_views']:>14.1f}{t['step_ms_online_teacher']:>16.1f}"
+          f"{t['speedup']:>7.1f}x")
+    if p:
+        print(f"{'student step ms, bf16+channels_last vs fp32':<44}"
+              f"{p['step_ms_bf16_channels_last']:>14.1f}{p['step_ms_fp32']:>16.1f}"
+              f"{p['speedup']:>7.1f}x")
+    print(f"view cache: built in {t['view_cache_build_s']:.1f}s for {t['train_images']} images "
+          f"x {t['views']} views; pays off once a sweep trains more than "
+          f"{t['break_even_trial_epochs']:.0f} student epochs (trials x epochs)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    return report
