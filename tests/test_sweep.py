@@ -1,0 +1,592 @@
+"""Sweeps end to end: real Ray Tune sweeps on synthetic data with a local Ray on this machine's
+CPUs, each run through the `kdtune` command line in its own process (as `make sweep` runs it).
+
+* one sweep (cnn4/resnet8 students, stem choice so two teachers, two seeds, no-KD baselines) runs
+  once for the module; many tests check its outputs;
+* one sweep is killed (SIGKILL) after a trial errored, resumed and interrupted with Ctrl+C,
+  resumed again: it must end with every planned trial exactly once, finished ones kept;
+* bad search spaces end `kdtune validate` and `kdtune sweep` with one line and exit code 2.
+
+Everything lives under pytest's tmp folders (teacher cache included). About 2.5 minutes on 2 CPUs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from kdtune.cli import main
+from kdtune.config import load_sweep_config
+from kdtune.models import create_model
+from kdtune.results import CONFIG_COLUMNS
+from kdtune.sweep import n_trials
+
+BASE = {
+    "data": {"dataset": "synthetic", "val_size": 100, "synthetic_train": 500,
+             "synthetic_test": 100},
+    "teacher": {"arch": "cnn4", "stem": "cifar", "epochs": 2, "batch_size": 64},
+    "student": {"arch": "cnn4", "stem": "cifar"},
+    "train": {"epochs": 3, "batch_size": 64, "lr": 0.05},
+    "kd": {"temperature": 4, "alpha": 0.9},
+    "prune": {"ratio": 0.3, "finetune_epochs": 1},
+    "measure": {"runs": 3, "warmup": 1, "throughput_batch": 16},
+}
+EPOCHS = 3 + 1  # train + fine-tune: what a trial that is not stopped runs
+
+MAIN_SEARCH = {
+    "name": "main",
+    "space": {
+        "kd.temperature": {"type": "loguniform", "low": 1, "high": 16},
+        "kd.alpha": {"type": "uniform", "low": 0.1, "high": 0.95},
+        "prune.ratio": {"type": "uniform", "low": 0.1, "high": 0.5, "step": 0.1},
+        "student.arch": {"type": "choice", "values": ["cnn4", "resnet8"]},
+        "stem": {"type": "choice", "values": ["standard", "cifar"]},
+    },
+    "num_samples": 6,
+    "max_concurrent": 2,
+    "seeds": [0, 1],
+    "baseline": True,
+    "search_seed": 0,
+    # reduction factor 3: a trial below the top third of its rung stops; with ~6 KD trials per
+    # architecture some are stopped (deterministic on CPU, checked over repeated runs)
+    "asha": {"grace_period": 1, "reduction_factor": 3},
+}
+# (6 sampled configs + 2 archs x 2 stems baselines) x 2 seeds
+MAIN_PLANNED = (6 + 2 * 2) * 2
+
+RESUME_SEARCH = {
+    "name": "resume",
+    "space": {
+        "kd.temperature": {"type": "loguniform", "low": 1, "high": 16},
+        "kd.alpha": {"type": "uniform", "low": 0.1, "high": 0.95},
+        "student.arch": {"type": "choice", "values": ["cnn4", "resnet8"]},
+    },
+    "num_samples": 7,
+    "max_concurrent": 2,
+    "seeds": [0],
+    "search_seed": 1,
+    "asha": {"grace_period": 1, "reduction_factor": 2},
+}
+RESUME_PLANNED = 7
+CONFIG_KEYS = ["kd.temperature", "kd.alpha", "student.arch", "student.stem", "prune.ratio"]
+
+SWEEP_TIMEOUT = 300
+
+
+def write_sweep(folder: Path, search: dict, cache: Path, **base_changes) -> Path:
+    raw = copy.deepcopy(BASE)
+    raw.update(base_changes)
+    raw["cache_dir"] = str(cache)
+    raw["search"] = copy.deepcopy(search)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{search['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def cli_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray, always
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def kdtune_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "kdtune.cli", *map(str, args)]
+
+
+def read_trials(run_dir: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(run_dir / "trials.parquet")
+    except (OSError, ValueError):  # not written yet
+        return pd.DataFrame(columns=["trial_id", "status"])
+
+
+# --- the module's sweep ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    """One real sweep for every test of its outputs."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    space = write_sweep(tmp, MAIN_SEARCH, tmp / "cache")
+    out = tmp / "run"
+    t0 = time.time()
+    proc = subprocess.run(kdtune_cmd("sweep", space, "--out", out), capture_output=True,
+                          text=True, env=cli_env(), timeout=SWEEP_TIMEOUT)
+    wall = time.time() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sw = load_sweep_config(out / "sweep.yaml")
+    return SimpleNamespace(
+        dir=out, space=space, stdout=proc.stdout, stderr=proc.stderr, wall=wall, sw=sw,
+        trials=pd.read_parquet(out / "trials.parquet"),
+        epochs=pd.read_parquet(out / "epochs.parquet"),
+        asha=json.loads((out / "asha_rungs.json").read_text()),
+        teachers=json.loads((out / "teachers.json").read_text()),
+        cache=tmp / "cache")
+
+
+def kd_trials(df: pd.DataFrame) -> pd.DataFrame:
+    return df[~df["is_baseline"].astype(bool)]
+
+
+def test_sweep_plans_and_records_one_complete_row_per_trial(sweep_run):
+    df = sweep_run.trials
+    assert n_trials(sweep_run.sw) == MAIN_PLANNED
+    assert len(df) == MAIN_PLANNED
+    assert df["trial_id"].is_unique
+    assert set(df["status"]) <= {"completed", "stopped"}, df.loc[df["status"] == "errored",
+                                                                  "error"].tolist()
+    assert df[list(CONFIG_COLUMNS) + ["group", "data.label"]].notna().all().all()
+    assert (df["group"] == df["student.arch"]).all()
+    done = df[df["status"] == "completed"]
+    metrics = ["val_acc", "test_acc", "teacher_test_acc", "latency_ms_b1_cpu",
+               "throughput_ips_cpu", "size_mb_dense", "size_mb_sparse", "params",
+               "nonzero_params", "flops", "sparsity_pruned", "wall_s", "git_sha",
+               "torch_version", "ray_version", "optuna_version"]
+    kd_done = done[~done["is_baseline"].astype(bool)]
+    assert done[[m for m in metrics if m != "teacher_test_acc"]].notna().all().all()
+    assert kd_done["teacher_test_acc"].notna().all()
+    assert done["val_acc"].between(0, 1).all() and done["test_acc"].between(0, 1).all()
+    assert (done["latency_ms_b1_cpu"] > 0).all()
+    assert (done["epochs_trained"] == EPOCHS).all()
+    # pruning happened at the searched ratio (a step grid of 0.1)
+    assert (done["sparsity_pruned"] - done["prune.ratio"]).abs().max() < 0.02
+    stopped = df[df["status"] == "stopped"]
+    assert stopped["test_acc"].isna().all()
+    assert (stopped["epochs_trained"] < EPOCHS).all() and (stopped["epochs_trained"] >= 1).all()
+    assert stopped["checkpoint"].isna().all()
+
+
+def test_every_sampled_value_lies_in_its_declared_range(sweep_run):
+    space = yaml.safe_load(sweep_run.space.read_text())["search"]["space"]
+    kd = kd_trials(sweep_run.trials)
+    assert len(kd) == MAIN_SEARCH["num_samples"] * len(MAIN_SEARCH["seeds"])
+    for key, spec in space.items():
+        cols = ["teacher.stem", "student.stem"] if key == "stem" else [key]
+        for col in cols:
+            values = kd[col]
+            if spec["type"] == "choice":
+                assert set(values) <= set(spec["values"]), (key, set(values))
+            else:
+                assert values.between(spec["low"], spec["high"]).all(), (key, values.tolist())
+            if spec.get("step"):
+                k = (values - spec["low"]) / spec["step"]
+                assert (k - k.round()).abs().max() < 1e-6, (key, values.tolist())
+    assert (kd["teacher.stem"] == kd["student.stem"]).all()  # `stem` sets both
+    # the sampler explored: more than one value of each searched key
+    for col in ("kd.temperature", "kd.alpha", "student.arch", "student.stem"):
+        assert kd[col].nunique() > 1, col
+
+
+def test_each_sampled_config_runs_once_per_seed(sweep_run):
+    kd = kd_trials(sweep_run.trials).copy()
+    kd["key"] = list(zip(*(kd[c].round(12) if kd[c].dtype.kind == "f" else kd[c]
+                           for c in CONFIG_KEYS)))
+    per_config = kd.groupby("key")["seed"].apply(sorted)
+    assert len(per_config) == MAIN_SEARCH["num_samples"]
+    assert all(seeds == MAIN_SEARCH["seeds"] for seeds in per_config), per_config
+
+
+def test_baselines_run_each_arch_and_stem_once_per_seed_and_are_never_stopped(sweep_run):
+    base = sweep_run.trials[sweep_run.trials["is_baseline"].astype(bool)]
+    assert (base["kd.alpha"] == 0).all()
+    assert (base["status"] == "completed").all()
+    combos = sorted(zip(base["student.arch"], base["student.stem"], base["seed"]))
+    assert combos == sorted((a, s, seed) for a in ("cnn4", "resnet8")
+                            for s in ("standard", "cifar") for seed in (0, 1))
+    in_rungs = {t for rungs in sweep_run.asha["rungs"].values() for ids in rungs.values()
+                for t in ids}
+    assert not in_rungs & set(base["trial_id"])
+
+
+def test_asha_stopped_trials_and_never_across_architectures(sweep_run):
+    df = sweep_run.trials.set_index("trial_id")
+    rungs, stops = sweep_run.asha["rungs"], sweep_run.asha["stops"]
+    stopped = set(df.index[df["status"] == "stopped"])
+    assert stopped, "ASHA stopped no trial"
+    assert set(rungs) == {"cnn4", "resnet8"}
+    for group, by_milestone in rungs.items():
+        for milestone, ids in by_milestone.items():
+            assert ids and set(ids) <= set(df.index), (group, milestone)
+            assert (df.loc[ids, "student.arch"] == group).all(), (group, milestone, ids)
+    assert {s["trial_id"] for s in stops} == stopped
+    for s in stops:
+        row = df.loc[s["trial_id"]]
+        assert s["group"] == row["student.arch"]
+        assert s["epoch"] == row["epochs_trained"]
+        # judged at a rung of its own group, where its result was recorded
+        assert s["trial_id"] in rungs[s["group"]][str(float(s["epoch"]))]
+
+
+def test_each_teacher_prepared_exactly_once(sweep_run):
+    teachers = sweep_run.teachers
+    assert sorted(t["stem"] for t in teachers) == ["cifar", "standard"]
+    assert len({t["key"] for t in teachers}) == 2
+    assert all(t["arch"] == "cnn4" and not t["cache_hit"] for t in teachers)  # fresh cache
+    # the cache holds exactly those two: no trial trained a teacher of its own
+    cached = sorted(p.name for p in (sweep_run.cache / "teachers").iterdir() if p.is_dir())
+    assert cached == sorted(t["key"] for t in teachers)
+    assert sweep_run.stdout.count("preparing 2 teacher(s)") == 1
+    by_stem = {t["stem"]: t for t in teachers}
+    kd_done = kd_trials(sweep_run.trials)
+    kd_done = kd_done[kd_done["status"] == "completed"]
+    assert not kd_done.empty
+    for _, r in kd_done.iterrows():
+        t = by_stem[r["teacher.stem"]]
+        assert r["teacher_test_acc"] == pytest.approx(t["test_acc"])
+        assert r["teacher_train_s"] == pytest.approx(t["train_s"])
+
+
+def test_completed_checkpoints_load_as_plain_state_dicts(sweep_run):
+    done = sweep_run.trials[sweep_run.trials["status"] == "completed"]
+    for _, r in done.iterrows():
+        path = Path(r["checkpoint"])
+        assert path.is_file() and path.parent == sweep_run.dir / "checkpoints"
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        model = create_model(r["student.arch"], num_classes=10, stem=r["student.stem"])
+        model.load_state_dict(state)  # pruning made permanent: plain weights, no masks
+        assert int(r["params"]) == sum(p.numel() for p in model.parameters())
+    assert len(list((sweep_run.dir / "checkpoints").glob("*.pt"))) == len(done)
+
+
+def test_epochs_table_matches_epochs_trained(sweep_run):
+    df, ep = sweep_run.trials, sweep_run.epochs
+    assert not ep.duplicated(["trial_id", "epoch"]).any()
+    assert set(ep["trial_id"]) == set(df["trial_id"])
+    for _, r in df.iterrows():
+        e = ep[ep["trial_id"] == r["trial_id"]].sort_values("epoch")
+        assert e["epoch"].tolist() == list(range(1, int(r["epochs_trained"]) + 1))
+        phases = e["phase"].tolist()
+        assert phases == ["train"] * min(3, len(phases)) + ["finetune"] * (len(phases) - 3)
+        assert e["val_acc"].between(0, 1).all()
+
+
+PROGRESS = re.compile(
+    r"^(sweep 'main': \d+ trials .*"
+    r"|preparing \d+ teacher\(s\) once for the whole sweep: .*"
+    r"|teacher \w+/\w+: (trained in|cache hit).*"
+    r"|\[main\] \d\d:\d\d elapsed.*\| running \d+, completed \d+, stopped \d+, errored \d+ of "
+    rf"{MAIN_PLANNED} \| best val_acc: .*"
+    r"|measuring latency of \d+ completed students.*"
+    r"|sweep finished in .*|best by val_acc: .*|results: .*|dashboard: .*)$")
+
+
+def test_progress_is_one_compact_line_per_event_without_ray_logs(sweep_run):
+    lines = sweep_run.stdout.splitlines()
+    assert lines, "no output"
+    odd = [ln for ln in lines if not PROGRESS.match(ln)]
+    assert not odd, odd[:5]
+    # the dashboard may explain on stderr why it wrote no PNG (no Chrome); nothing else
+    err = [ln for ln in sweep_run.stderr.splitlines() if not ln.startswith("kdtune dashboard:")]
+    assert not err, err[:10]
+    progress = [ln for ln in lines if ln.startswith("[main]")]
+    assert len(progress) <= 2 * MAIN_PLANNED + sweep_run.wall / 10 + 2
+    last = progress[-1]
+    assert re.search(r"completed \d+, stopped \d+, errored 0 of", last)
+    assert "dashboard: " in lines[-1]
+
+
+# --- resume -------------------------------------------------------------------------------------
+# One sweep, interrupted twice and resumed twice (three processes, ~75 s):
+#   A  a trial errors (injected), then SIGKILL of the whole process group: a crash, an OOM kill;
+#   B  --resume, then Ctrl+C (SIGINT to the group, as a terminal sends it) once it made progress;
+#   C  --resume again, to the end.
+
+SITECUSTOMIZE = '''
+"""Test only: the first KD trial of the sweep raises once (marker file: KDTUNE_TEST_FAIL_ONCE)."""
+import os
+import sys
+
+_MARKER = os.environ.get("KDTUNE_TEST_FAIL_ONCE")
+if _MARKER:
+    import importlib.abc
+    import importlib.util
+
+    class _Hook(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != "kdtune.trial":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                real = module.run_trial
+
+                def run_trial(cfg, *args, **kwargs):
+                    if cfg.kd.alpha > 0:
+                        try:
+                            os.close(os.open(_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                        except FileExistsError:
+                            pass
+                        else:
+                            raise RuntimeError("injected test failure")
+                    return real(cfg, *args, **kwargs)
+
+                module.run_trial = run_trial
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _Hook())
+'''
+
+
+def run_until(space: Path, out: Path, args: tuple, until, env: dict, sig: int, tag: str,
+              timeout: float = 180) -> SimpleNamespace:
+    """Start `kdtune sweep` in its own process group, wait until `until(trials)` holds, then
+    send `sig` to the whole group. Returns its exit code, output and trials.parquet as it was
+    just before the signal."""
+    so_path, se_path = out.parent / f"{tag}.stdout", out.parent / f"{tag}.stderr"
+    with open(so_path, "w") as so, open(se_path, "w") as se:
+        proc = subprocess.Popen(kdtune_cmd("sweep", space, "--out", out, *args), stdout=so,
+                                stderr=se, env=env, start_new_session=True)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                assert proc.poll() is None, "the sweep ended before it could be interrupted: " \
+                    + se_path.read_text()[-2000:]
+                assert time.time() < deadline, "the sweep made no progress"
+                rows = read_trials(out)
+                if until(rows):
+                    break
+                time.sleep(0.2)
+            os.killpg(proc.pid, sig)
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return SimpleNamespace(rc=rc, stdout=so_path.read_text(), stderr=se_path.read_text(),
+                           rows=rows, after=read_trials(out))
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume")
+    inject = tmp / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    marker = tmp / "failed-once"
+    space = write_sweep(tmp, RESUME_SEARCH, tmp / "cache")
+    out = tmp / "run"
+
+    env_a = cli_env(KDTUNE_TEST_FAIL_ONCE=str(marker), PYTHONPATH=os.pathsep.join(
+        p for p in (str(inject), os.environ.get("PYTHONPATH")) if p))
+    a = run_until(space, out, (), lambda df: (df["status"] == "errored").any() and len(df) >= 3,
+                  env_a, signal.SIGKILL, "a")
+    a.marker = marker
+
+    def progressed(df):
+        return bool(set(df["trial_id"]) - set(a.after["trial_id"]))
+
+    b = run_until(space, out, ("--resume",), progressed, cli_env(), signal.SIGINT, "b")
+    b.stamps = {p: p.stat().st_mtime_ns for p in (out / "checkpoints").glob("*.pt")}
+
+    c = subprocess.run(kdtune_cmd("sweep", space, "--out", out, "--resume"),
+                       capture_output=True, text=True, env=cli_env(), timeout=SWEEP_TIMEOUT)
+    assert c.returncode == 0, c.stdout[-3000:] + c.stderr[-3000:]
+    return SimpleNamespace(a=a, b=b, c=c, dir=out)
+
+
+def test_killed_sweep_recorded_the_errored_trial_in_one_line(resumed):
+    a = resumed.a
+    assert a.rc == -signal.SIGKILL
+    assert a.marker.exists()
+    failed = a.after[a.after["status"] == "errored"]
+    assert len(failed) == 1 and "injected test failure" in failed["error"].iloc[0]
+    assert re.search(rf"trial {failed['trial_id'].iloc[0]} errored: RuntimeError: injected "
+                     "test failure", a.stdout), a.stdout
+    assert "Traceback" not in a.stdout + a.stderr, a.stderr[-2000:]
+
+
+def test_ctrl_c_saves_the_state_and_says_how_to_resume(resumed):
+    b = resumed.b
+    assert b.rc == 130, b.stderr[-2000:]
+    assert "sweep interrupted" in b.stderr and "--resume" in b.stderr
+    assert "Traceback" not in b.stdout + b.stderr, b.stderr[-2000:]
+    assert re.search(r"resumed: \d+ of 7 trials already finished", b.stdout), b.stdout
+    # on resuming, the errored trial left the table (it is rerun as a new trial)
+    errored = set(resumed.a.after.loc[resumed.a.after["status"] == "errored", "trial_id"])
+    assert not errored & set(b.after["trial_id"])
+    assert len(b.after) < RESUME_PLANNED
+
+
+def test_resumed_sweep_has_every_trial_exactly_once(resumed):
+    df = pd.read_parquet(resumed.dir / "trials.parquet")
+    assert len(df) == RESUME_PLANNED and df["trial_id"].is_unique, df[["trial_id", "status"]]
+    assert set(df["status"]) <= {"completed", "stopped"}, df[["trial_id", "status", "error"]]
+    done = df[df["status"] == "completed"]
+    assert done["test_acc"].notna().all() and done["latency_ms_b1_cpu"].notna().all()
+    assert all(Path(p).is_file() for p in done["checkpoint"])
+    # a searcher that lost its state would suggest its first configs again
+    keys = list(zip(*(df[c] for c in CONFIG_KEYS + ["seed"])))
+    assert len(set(keys)) == len(keys), df[CONFIG_KEYS + ["trial_id"]]
+    # the errored trial ran again once, under a new id
+    a = resumed.a.after
+    failed = a[a["status"] == "errored"].iloc[0]
+    assert failed["trial_id"] not in set(df["trial_id"])
+    same = df
+    for c in CONFIG_KEYS + ["seed"]:
+        same = same[same[c] == failed[c]]
+    assert len(same) == 1
+
+
+def test_resumed_sweep_keeps_trials_finished_before_each_interrupt(resumed):
+    df = pd.read_parquet(resumed.dir / "trials.parquet").set_index("trial_id")
+    b = resumed.b.after  # after Ctrl+C: every row of it must survive unchanged
+    kept = df.loc[b["trial_id"]]
+    assert (kept["status"].values == b["status"].values).all()
+    assert kept["val_acc"].values == pytest.approx(b["val_acc"].values)
+    assert kept["wall_s"].values == pytest.approx(b["wall_s"].values)
+    assert all(p.stat().st_mtime_ns == t for p, t in resumed.b.stamps.items())  # not rerun
+    # after the kill: rows the snapshot held survive unchanged; the errored one is replaced
+    a = resumed.a.after
+    a = a[(a["status"] != "errored") & a["trial_id"].isin(df.index)]
+    assert len(a) >= 1
+    assert (df.loc[a["trial_id"], "status"].values == a["status"].values).all()
+    assert df.loc[a["trial_id"], "val_acc"].values == pytest.approx(a["val_acc"].values)
+
+
+def test_resumed_sweep_epochs_and_rungs_are_consistent(resumed):
+    df = pd.read_parquet(resumed.dir / "trials.parquet")
+    ep = pd.read_parquet(resumed.dir / "epochs.parquet")
+    assert not ep.duplicated(["trial_id", "epoch"]).any()
+    assert set(ep["trial_id"]) == set(df["trial_id"])
+    for _, r in df.iterrows():
+        got = sorted(ep.loc[ep["trial_id"] == r["trial_id"], "epoch"])
+        assert got == list(range(1, int(r["epochs_trained"]) + 1)), (r["trial_id"], got)
+    asha = json.loads((resumed.dir / "asha_rungs.json").read_text())
+    arch = df.set_index("trial_id")["student.arch"]
+    for group, by_milestone in asha["rungs"].items():
+        for ids in by_milestone.values():
+            assert set(ids) <= set(arch.index) and (arch[ids] == group).all(), (group, ids)
+    stopped = set(df.loc[df["status"] == "stopped", "trial_id"])
+    assert {s["trial_id"] for s in asha["stops"]} == stopped
+    assert all(s["group"] == arch[s["trial_id"]] for s in asha["stops"])
+    assert "Traceback" not in resumed.c.stdout + resumed.c.stderr
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+BAD_SPACES = {
+    # case: (search section change, text the one line must contain)
+    "unknown sampler": ({"sampler": "bogus"}, "search.sampler"),
+    "unknown param type": ({"space": {"kd.alpha": {"type": "normal", "low": 0.1, "high": 0.5}}},
+                           "search.space.kd.alpha"),
+    "loguniform low 0": ({"space": {"kd.temperature": {"type": "loguniform", "low": 0,
+                                                        "high": 4}}},
+                         "search.space.kd.temperature"),
+    "low above high": ({"space": {"kd.alpha": {"type": "uniform", "low": 0.8, "high": 0.2}}},
+                       "search.space.kd.alpha"),
+    "choice without values": ({"space": {"student.arch": {"type": "choice"}}},
+                              "search.space.student.arch"),
+    "empty choice": ({"space": {"student.arch": {"type": "choice", "values": []}}},
+                     "search.space.student.arch"),
+    "unknown choice": ({"space": {"student.arch": {"type": "choice",
+                                                   "values": ["cnn4", "nope"]}}},
+                       "search.space.student.arch"),
+    "out of the config's range": ({"space": {"kd.alpha": {"type": "uniform", "low": 0.1,
+                                                          "high": 1.5}}},
+                                  "search.space.kd.alpha"),
+    "unknown space key": ({"space": {"kd.alfa": {"type": "uniform", "low": 0.1, "high": 0.5}}},
+                          "search.space.kd.alfa"),
+    "teacher stem range": ({"space": {"teacher.stem": {"type": "uniform", "low": 0,
+                                                       "high": 1}}},
+                           "search.space.teacher.stem"),
+    "teacher epochs range": ({"space": {"teacher.epochs": {"type": "int", "low": 1,
+                                                           "high": 3}}},
+                             "search.space.teacher.epochs"),
+    "grid without grid sampler": ({"space": {"kd.alpha": {"type": "grid",
+                                                          "values": [0.1, 0.5]}}},
+                                  "search.space.kd.alpha"),
+    "unknown objective": ({"objectives": {"accuracy": "max"}}, "search.objectives.accuracy"),
+    "bad mode": ({"objectives": {"val_acc": "maximize"}}, "search.objectives.val_acc"),
+    "unknown search key": ({"budget": 3}, "search.budget"),
+    "seeds not ints": ({"seeds": [0, "a"]}, "search.seeds"),
+    "seeds not a list": ({"seeds": 3}, "search.seeds"),
+    "seeds booleans": ({"seeds": [True]}, "search.seeds"),
+    "data key searched": ({"space": {"data.val_size": {"type": "choice", "values": [50, 60]}}},
+                          "search.space.data.val_size"),
+}
+# Only Optuna refuses these; `kdtune sweep` checks them before Ray starts
+SWEEP_ONLY = {
+    "step on a log scale": ({"space": {"kd.temperature": {"type": "loguniform", "low": 1,
+                                                          "high": 4, "step": 0.5}}},
+                            "search.space.kd.temperature"),
+    "fractional int step": ({"space": {"train.epochs": {"type": "int", "low": 1, "high": 3,
+                                                        "step": 0.5}}},
+                            "search.space.train.epochs"),
+}
+
+
+def bad_space(folder: Path, change: dict) -> Path:
+    search = copy.deepcopy(RESUME_SEARCH)
+    search.update(change)
+    return write_sweep(folder, search, folder / "cache")
+
+
+def assert_one_line_error(capsys, rc, needle):
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc == 2, (out, err)
+    assert len(lines) == 1 and lines[0].startswith("kdtune: error: "), err
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPACES))
+def test_bad_search_space_is_a_one_line_error(case, tmp_path, capsys):
+    change, needle = BAD_SPACES[case]
+    path = bad_space(tmp_path, change)
+    assert_one_line_error(capsys, main(["validate", str(path)]), needle)
+    out = tmp_path / "run"
+    assert_one_line_error(capsys, main(["sweep", str(path), "--out", str(out)]), needle)
+    assert not out.exists()  # refused before anything was written or started
+
+
+@pytest.mark.parametrize("case", sorted(SWEEP_ONLY))
+def test_search_space_optuna_refuses_is_a_one_line_sweep_error(case, tmp_path, capsys):
+    change, needle = SWEEP_ONLY[case]
+    out = tmp_path / "run"
+    rc = main(["sweep", str(bad_space(tmp_path, change)), "--out", str(out)])
+    assert_one_line_error(capsys, rc, needle)
+    assert not out.exists()
+
+
+def test_bad_search_space_error_from_the_real_command(tmp_path):
+    path = bad_space(tmp_path, {"space": {"kd.alpha": {"type": "uniform", "low": 0.1,
+                                                       "high": 1.5}}})
+    proc = subprocess.run(kdtune_cmd("sweep", path, "--out", tmp_path / "run"),
+                          capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(
+        "kdtune: error: search.space.kd.alpha: "), proc.stderr
+
+
+def test_resume_guards(sweep_run, tmp_path, capsys):
+    space = str(sweep_run.space)
+    rc = main(["sweep", space, "--out", str(sweep_run.dir)])
+    assert_one_line_error(capsys, rc, "--resume")
+    rc = main(["sweep", space, "--out", str(tmp_path / "nothing"), "--resume"])
+    assert_one_line_error(capsys, rc, "no sweep to resume")
+    rc = main(["sweep", space, "--out", str(sweep_run.dir), "--resume",
+               "--set", "search.num_samples=7"])
+    assert_one_line_error(capsys, rc, "search.num_samples")
+    assert len(pd.read_parquet(sweep_run.dir / "trials.parquet")) == MAIN_PLANNED  # untouched
