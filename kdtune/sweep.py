@@ -13,13 +13,15 @@ The only module that imports Ray. Layout of a run folder:
     dashboard.html    written at the end (kdtune.dashboard)
 
 Resume (`kdtune sweep SPACE --out RUN --resume`): Ray Tune snapshots the experiment (trial states
-and checkpoints, the searcher's state, our callback's state, which carries the ASHA rungs) into
-ray/ every few seconds and once more on Ctrl+C. A resumed sweep continues from that snapshot:
-finished trials are kept, unfinished ones continue from their last epoch checkpoint, errored ones
-are rerun from scratch, the searcher and the rungs go on where they were. trials.parquet and
-epochs.parquet are reconciled with the snapshot when the resumed run starts (a row recorded after
-the last snapshot, e.g. before a kill -9, belongs to a trial that runs again), so every trial
-ends up in trials.parquet exactly once.
+and checkpoints, the searcher's state, our callback's state, which carries the ASHA rungs and the
+epochs of running trials) into ray/ after every epoch a trial reports, and once more on Ctrl+C;
+ray-snapshot.pkl keeps a whole copy of the last one, since a kill can leave Tune's files torn or
+mixed. A resumed sweep continues from that snapshot: finished trials are kept, unfinished ones
+continue from their last epoch checkpoint, errored ones are rerun from scratch (as new trials),
+the searcher and the rungs go on where they were. trials.parquet and epochs.parquet are
+reconciled with the snapshot when the resumed run starts (a row recorded after the last
+snapshot, e.g. just before a kill -9, belongs to a trial that runs again), so every planned
+trial ends up in trials.parquet exactly once.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -239,6 +242,7 @@ class _SeededSearch:
         self.fixed = [dict(b, seed=s) for b in baseline_configs(sw) for s in self.seeds]
         self.limit = n_trials(sw)
         self.issued = 0
+        self.exhausted = False  # Optuna has nothing left to suggest (a grid, all tried)
         self.queue: list[dict] = []  # seed copies still to issue for the current config
         self.primary: str | None = None  # trial id Optuna knows the current config by
         self.groups: dict[str, dict] = {}  # primary trial id -> {trial ids, results}
@@ -255,6 +259,8 @@ class _SeededSearch:
             return self.fixed.pop(0)
         if not self.queue:
             cfg = self.inner.suggest(trial_id) if self.inner is not None else {}
+            if cfg == "FINISHED":
+                self.exhausted = True
             if cfg is None or cfg == "FINISHED":
                 return cfg
             self.groups[trial_id] = {"ids": [], "results": {}}
@@ -264,6 +270,10 @@ class _SeededSearch:
         self.groups[self.primary]["ids"].append(trial_id)
         self.issued += 1
         return self.queue.pop(0)
+
+    def done(self) -> bool:
+        """Every trial has been handed out (after which Tune asks no more)."""
+        return self.issued >= self.limit or self.exhausted
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         primary = self.owner.get(trial_id)
@@ -503,6 +513,7 @@ class _ResultsWriter:
         self.last_print = 0.0
         self.session_epochs = 0
         self.session_done: set[str] = set()  # trials finished by this process
+        self.unfinished: list[str] = []  # trials Tune had but that never finished (interrupt)
         self.staging: str | None = None  # Tune's staging folder for its snapshots
         self.resume = resume
         self.last: dict[str, dict] = {}
@@ -606,6 +617,10 @@ class _ResultsWriter:
                   f"{todo} to continue or rerun, {max(self.planned - len(trials), 0)} "
                   "not started", flush=True)
 
+    def on_experiment_end(self, trials, **info):
+        # an interrupted fit() stops its running trials without on_trial_complete
+        self.unfinished = sorted(t.trial_id for t in trials if t.trial_id not in self.rows)
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last[trial.trial_id] = result
         self.session_epochs += 1
@@ -694,10 +709,6 @@ class _ResultsWriter:
         if self.scheduler is not None:
             write_json({"rungs": self.scheduler.rungs(), "stops": self.scheduler.decisions},
                        self.run_dir / "asha_rungs.json")
-
-    def missing(self) -> int:
-        """Planned trials without a final row: nonzero after an interrupted fit()."""
-        return max(self.planned - len(self.rows), 0)
 
     def progress(self, trials, force=False):
         now = time.time()
@@ -978,7 +989,7 @@ def _recreate_missing_checkpoints(ray_dir: Path) -> None:
         pass
 
 
-def _restore_tuner(ray_dir: Path, fn, run_config, scheduler):
+def _restore_tuner(ray_dir: Path, fn, run_config, searcher, scheduler):
     """Tuner.restore brings back the trials, the searcher (its saved state) and the tuner.pkl
     copies of the callbacks and scheduler. Those copies are frozen at the sweep's start, so the
     live ones of this process (this run folder, this code version, this verbosity) are put in
@@ -998,6 +1009,7 @@ def _restore_tuner(ray_dir: Path, fn, run_config, scheduler):
                           "needs updating for this Ray version")
     internal._run_config.callbacks = run_config.callbacks
     internal._run_config.verbose = run_config.verbose
+    internal._tune_config.search_alg = searcher  # Tune restores its state from the snapshot
     if scheduler is not None:
         internal._tune_config.scheduler = scheduler
     return tuner
@@ -1084,6 +1096,7 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
                                   cache_mode=cache_mode, threads=max(1, int(r.cpu)))
         fn = tune.with_resources(fn, {"cpu": r.cpu, "gpu": gpu_frac})
         prov = provenance()
+        searcher = make_searcher(sw)
         scheduler = make_scheduler(sw, max_t) if sw.search.scheduler == "asha" else None
         restore = resume and tune.Tuner.can_restore(str(ray_dir))
         writer = ray_classes()["ResultsWriter"](run_dir, base, sw, prov, split.label, planned,
@@ -1095,25 +1108,34 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
             failure_config=tune.FailureConfig(max_failures=0))
         if restore:
             print(f"resuming the sweep in {run_dir}", flush=True)
-            tuner = _restore_tuner(ray_dir, fn, run_config, scheduler)
+            tuner = _restore_tuner(ray_dir, fn, run_config, searcher, scheduler)
         else:
             if resume:
                 print(f"--resume: no trial had started in {run_dir}; starting them now",
                       flush=True)
                 shutil.rmtree(ray_dir, ignore_errors=True)
+                (run_dir / SNAPSHOT).unlink(missing_ok=True)
             # reuse_actors: a trial runs in the worker process of a finished one (reset_config
             # of Tune's function trainable), so a sweep starts max_concurrent processes, and
             # pays Python + torch start-up that often, instead of once per trial.
             tuner = tune.Tuner(fn, run_config=run_config, tune_config=tune.TuneConfig(
-                search_alg=make_searcher(sw), scheduler=scheduler, num_samples=planned,
+                search_alg=searcher, scheduler=scheduler, num_samples=planned,
                 max_concurrent_trials=sw.search.max_concurrent, reuse_actors=True))
-        tuner.fit()
+        sigint = signal.getsignal(signal.SIGINT)
+        try:
+            tuner.fit()
+        finally:  # Tune leaves its Ctrl+C handler installed when no Ctrl+C came
+            signal.signal(signal.SIGINT, sigint)
         writer.flush()
-        if writer.missing():
-            print(f"sweep interrupted: {planned - writer.missing()} of {planned} trials "
-                  f"finished; state saved in {ray_dir}. Continue with: kdtune sweep "
-                  f"{space_path} --out {run_dir} --resume", file=sys.stderr, flush=True)
+        if writer.unfinished or not searcher.done():
+            again = " with the same --set options" if overrides else ""
+            print(f"sweep interrupted: {len(writer.rows)} of {planned} trials finished; state "
+                  f"saved in {ray_dir}. Continue with: kdtune sweep {space_path} --out "
+                  f"{run_dir} --resume{again}", file=sys.stderr, flush=True)
             raise KeyboardInterrupt
+        if len(writer.rows) < planned:
+            print(f"note: the searcher ran out of configs after {len(writer.rows)} of "
+                  f"{planned} planned trials", flush=True)
         if sw.search.measure_after:
             measure_all(run_dir, base, sw.base.measure.cpu_threads, gpus > 0,
                         in_driver=in_driver)
