@@ -146,7 +146,9 @@ def main(argv=None) -> int:
         print(f"kdtune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("kdtune: interrupted; rerun the same command to resume", file=sys.stderr)
+        # a sweep prints its own exact --resume command; a trial resumes from its --out folder
+        hint = "" if args.cmd == "sweep" else "; rerun the same command to resume"
+        print(f"kdtune: interrupted{hint}", file=sys.stderr)
         return 130
 
 

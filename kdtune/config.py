@@ -378,19 +378,23 @@ def _check_param(key: str, spec: ParamSpec, base: dict) -> None:
             raise KDTuneError(f"{where}: low ({spec.low}) must be below high ({spec.high})")
         if spec.type == "loguniform" and spec.low <= 0:
             raise KDTuneError(f"{where}: loguniform needs low > 0, got {spec.low}")
+        if spec.type == "loguniform" and spec.step is not None:
+            raise KDTuneError(f"{where}: loguniform takes no step")
+        if spec.type == "int" and spec.step is not None and not float(spec.step).is_integer():
+            raise KDTuneError(f"{where}: type int needs an integer step, got {spec.step}")
         if spec.type == "int" and not (float(spec.low).is_integer()
                                        and float(spec.high).is_integer()):
             raise KDTuneError(f"{where}: type int needs integer low/high")
         if key.startswith(TEACHER_KEYS) and key != "teacher.cache":
             raise KDTuneError(f"{where}: teachers are prepared once per sweep, so {key} may "
-                              "only take listed values (type choice or grid), not a "
-                              f"{spec.type} range")
+                              "only take listed values (type choice or grid), not "
+                              f"{'an' if spec.type == 'int' else 'a'} {spec.type} range")
         samples = (spec.low, spec.high)
     else:
         if not spec.values or not isinstance(spec.values, list):
             raise KDTuneError(f"{where}: type {spec.type} needs a non-empty list of values")
-        if spec.low is not None or spec.high is not None:
-            raise KDTuneError(f"{where}: type {spec.type} takes values, not low/high")
+        if spec.low is not None or spec.high is not None or spec.step is not None:
+            raise KDTuneError(f"{where}: type {spec.type} takes values, not low/high/step")
         samples = spec.values
     # Every value the searcher may pick must pass the same checks as a hand-written config.
     targets = ["teacher.stem", "student.stem"] if key == STEM_SHORTHAND else [key]

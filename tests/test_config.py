@@ -99,3 +99,15 @@ def test_cli_subprocess_has_no_traceback(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kdtune: error: student.arch:")
     assert "resnet20" in lines[0] and "mobilenet_v3_small" in lines[0]
+
+
+@pytest.mark.parametrize("spec, msg", [
+    ({"type": "loguniform", "low": 1, "high": 8, "step": 1}, "loguniform takes no step"),
+    ({"type": "int", "low": 1, "high": 8, "step": 0.5}, "integer step"),
+    ({"type": "choice", "values": [1, 2], "step": 1}, "takes values, not low/high/step"),
+])
+def test_search_step_misuse_is_caught_by_validate(spec, msg):
+    from kdtune.config import sweep_config
+
+    with pytest.raises(KDTuneError, match=msg):
+        sweep_config({"search": {"space": {"kd.temperature": spec}}})
