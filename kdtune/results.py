@@ -60,12 +60,8 @@ CONFIG_COLUMNS = (
     "is_baseline",
 )
 
-#: Columns without which no dashboard can be drawn: a trials.parquet lacking one is refused.
-REQUIRED_COLUMNS = (
-    "trial_id",
-    "status",
-    "group",
-    *CONFIG_COLUMNS,
+#: The metrics every trials.parquet carries (NaN where not measured), read as numbers.
+NUMERIC_METRIC_COLUMNS = (
     "val_acc",
     "test_acc",
     "teacher_test_acc",
@@ -74,6 +70,8 @@ REQUIRED_COLUMNS = (
     "latency_ms_b1_gpu",
     "latency_ms_b1_cpu",
 )
+#: Columns without which no dashboard can be drawn: a trials.parquet lacking one is refused.
+REQUIRED_COLUMNS = ("trial_id", "status", "group", *CONFIG_COLUMNS, *NUMERIC_METRIC_COLUMNS)
 
 #: Columns the sweep writes but that may be absent (older runs): filled with NaN / None on load.
 OPTIONAL_NUMERIC_COLUMNS = (
@@ -134,15 +132,6 @@ NUMERIC_CONFIG_COLUMNS = (
     "train.lr",
     "train.batch_size",
     "seed",
-)
-NUMERIC_METRIC_COLUMNS = (
-    "val_acc",
-    "test_acc",
-    "teacher_test_acc",
-    "size_mb_dense",
-    "size_mb_sparse",
-    "latency_ms_b1_gpu",
-    "latency_ms_b1_cpu",
 )
 FRACTION_COLUMNS = ("val_acc", "test_acc", "teacher_test_acc", "teacher_val_acc", "kd.alpha")
 
