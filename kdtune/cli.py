@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -26,9 +25,10 @@ def _jsonable(v):
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    from .storage import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(obj), indent=1, sort_keys=True))
 
 
 def cmd_trial(args) -> int:
@@ -84,10 +84,22 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    from .dashboard import write_dashboard
+    from .config import TrialConfig
+    from .dashboard import OUTPUT_FILES, write_dashboard
+    from .storage import RunStore
 
-    path = write_dashboard([Path(r) for r in args.runs], Path(args.out) if args.out else None)
-    print(path)
+    # a run at a URI is read through a copy of its tables of the dashboard's own (a sweep may
+    # still be writing it); with no --out the dashboard's files go back into the bucket
+    stores = [RunStore(r, args.cache_dir or TrialConfig().cache_dir, purpose="dashboards")
+              for r in args.runs]
+    for st in stores:
+        st.pull(top_level_only=True)
+    path = write_dashboard([st.local for st in stores], Path(args.out) if args.out else None)
+    if args.out is None and stores[0].remote:
+        stores[0].push(*OUTPUT_FILES)
+        print(stores[0].url(path.name))
+    else:
+        print(path)
     return 0
 
 
@@ -126,8 +138,11 @@ def main(argv=None) -> int:
     v.set_defaults(fn=cmd_validate)
 
     d = sub.add_parser("dashboard", help="write the HTML dashboard of one or more sweeps")
-    d.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    d.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="sweep run folders: local paths or URIs (s3://, gs://, file://)")
     d.add_argument("--out", default=None, help="HTML file (default RUN_DIR/dashboard.html)")
+    d.add_argument("--cache-dir", default=None,
+                   help="where a URI run's working copy goes (default ~/.cache/kdtune)")
     d.set_defaults(fn=cmd_dashboard)
 
     b = sub.add_parser("bench", help="measure kdtune's speed-ups against the notebook way")

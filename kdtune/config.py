@@ -26,6 +26,8 @@ SCHEDULES = ("cosine", "onecycle")
 PRUNE_SCOPES = ("global", "layerwise")
 TEACHER_CACHES = ("views", "none", "auto")
 PRETRAINED = (None, "imagenet")
+# run folders at a URI: what pyarrow.fs.FileSystem.from_uri opens (kdtune.storage)
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
 
 
 def _model_names() -> tuple[str, ...]:
@@ -460,6 +462,10 @@ def sweep_config(raw: dict, overrides=None, default_name: str = "sweep") -> Swee
     if len(set(search.seeds)) != len(search.seeds):
         raise KDTuneError(f"search.seeds: duplicates in {search.seeds}")
     grids = [k for k, s in space.items() if s.type == "grid"]
+    if search.storage and "://" in search.storage and \
+            search.storage.split("://", 1)[0].lower() not in STORAGE_SCHEMES:
+        raise KDTuneError(f"search.storage: {search.storage}: unknown URI scheme; allowed: "
+                          f"{', '.join(s + '://' for s in STORAGE_SCHEMES)} or a path")
     if search.sampler == "grid":
         if len(grids) != len(space):
             bad = [k for k in space if k not in grids]

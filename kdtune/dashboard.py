@@ -56,6 +56,7 @@ HTML_NAME = "dashboard.html"
 REPORT_NAME = "report.json"
 CSV_NAME = "results.csv"
 PNG_NAME = "front.png"
+OUTPUT_FILES = (HTML_NAME, REPORT_NAME, CSV_NAME, PNG_NAME)  # what write_dashboard writes
 CSV_COLUMNS = ("Variant", "Accuracy", "LatencyMs", "SizeMB")
 
 ACC = "test_acc"

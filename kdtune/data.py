@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 from .config import DataConfig
 from .errors import KDTuneError
+from .storage import atomic_path
 
 PAD = 4  # torchvision's RandomCrop(32, padding=4), the CIFAR standard since He et al. 2016
 CACHE_VERSION = 1
@@ -223,10 +223,10 @@ def load_arrays(cfg: DataConfig, cache_dir: str | Path) -> Arrays:
     identity = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes()
                                        for a in (xtr, ytr, xte, yte))).hexdigest()[:16]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
     meta = json.dumps({"classes": classes, "identity": identity})
-    np.savez(tmp, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, meta=np.array(meta))
-    os.replace(tmp, path)  # atomic: a second process sees the whole file or none
+    # atomic: a second process sees the whole file or none
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, meta=np.array(meta))
     return Arrays(xtr, ytr, xte, yte, classes, identity, _default_label(cfg))
 
 

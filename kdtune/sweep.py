@@ -12,6 +12,8 @@ The only module that imports Ray. Layout of a run folder:
     ray-snapshot.pkl  the last whole copy of it (a kill can tear Tune's own files)
     dashboard.html    written at the end (kdtune.dashboard)
 
+The run folder may be a URI (s3://, gs://, ...): see kdtune.storage for who writes what where.
+
 Resume (`kdtune sweep SPACE --out RUN --resume`): Ray Tune snapshots the experiment (trial states
 and checkpoints, the searcher's state, our callback's state, which carries the ASHA rungs and the
 epochs of running trials) into ray/ after every epoch a trial reports, and once more on Ctrl+C;
@@ -43,6 +45,8 @@ import yaml
 
 from .config import STEM_SHORTHAND, SweepConfig, TrialConfig, load_sweep_config, trial_config
 from .errors import KDTuneError
+from .results import NUMERIC_METRIC_COLUMNS
+from .storage import RAY_DIR, RunStore, atomic_path
 
 SEED_KEY = "seed"
 BASELINE_KEY = "is_baseline"
@@ -475,15 +479,13 @@ def trainable(config: dict, split=None, teachers=None, base=None, cache_mode="no
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)  # readers see the old table or the new one, never half
+    with atomic_path(path) as tmp:  # readers see the old table or the new one, never half
+        df.to_parquet(tmp, index=False)
 
 
 def write_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1))
 
 
 def _fmt_t(s: float) -> str:
@@ -503,9 +505,10 @@ class _ResultsWriter:
     finish, asha_rungs.json, and the progress line. Its Tune snapshot state carries the
     scheduler's rungs (see GroupedASHA)."""
 
-    def __init__(self, run_dir: Path, base: dict, sw: SweepConfig, prov: dict, label: str,
+    def __init__(self, store: RunStore, base: dict, sw: SweepConfig, prov: dict, label: str,
                  planned: int, max_t: int, scheduler=None, quiet: bool = False,
                  resume: bool = False):
+        self.store, run_dir = store, store.local
         self.run_dir, self.base, self.sw, self.prov, self.label = run_dir, base, sw, prov, label
         self.planned, self.max_t, self.scheduler, self.quiet = planned, max_t, scheduler, quiet
         self.name = sw.search.name
@@ -563,13 +566,12 @@ class _ResultsWriter:
 
         session = names[0][len("experiment_state-"):-len(".json")]
         files[f"callback-states-{session}.pkl"] = cloudpickle.dumps({0: state})
-        path = self.run_dir / SNAPSHOT
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
-            tmp.write_bytes(pickle.dumps({"version": 1, "files": files}))
-            os.replace(tmp, path)
-        except OSError:  # insurance only: never fail Tune's own snapshot for it
-            tmp.unlink(missing_ok=True)
+            with atomic_path(self.run_dir / SNAPSHOT) as tmp:
+                tmp.write_bytes(pickle.dumps({"version": 1, "files": files}))
+            self.store.push(SNAPSHOT, soft=True)
+        except (OSError, KDTuneError):  # insurance only: never fail Tune's own snapshot for it
+            pass
 
     def set_state(self, state):
         if self.scheduler is not None and state.get("scheduler"):
@@ -682,24 +684,27 @@ class _ResultsWriter:
                 row[k] = None
         row.update({k: v for k, v in self.prov.items() if k != "device"})
         row["device"] = result.get("device")
+        for k in NUMERIC_METRIC_COLUMNS:  # in every table, NaN until measured: a sweep none
+            row.setdefault(k, None)        # of whose trials completed still gets a dashboard
         return row
 
     def _save_checkpoint(self, trial) -> str | None:
         ck = trial.checkpoint
         if ck is None:
             return None
-        dst = self.run_dir / "checkpoints" / f"{trial.trial_id}.pt"
+        name = f"checkpoints/{trial.trial_id}.pt"
+        dst = self.run_dir / name
         try:
             with ck.as_directory() as d:
                 src = Path(d) / "student.pt"
                 if not src.exists():
                     return None
-                tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-                shutil.copy(src, tmp)
-                os.replace(tmp, dst)
-        except OSError:
-            return str(dst) if dst.is_file() else None  # copied by an earlier run, or lost
-        return str(dst)
+                with atomic_path(dst) as tmp:
+                    shutil.copy(src, tmp)
+        except OSError:  # copied by an earlier run, or lost
+            return self.store.url(name) if dst.is_file() else None
+        self.store.push(name, soft=True)
+        return self.store.url(name)
 
     # -- files and progress --------------------------------------------------------------------
 
@@ -709,6 +714,7 @@ class _ResultsWriter:
         if self.scheduler is not None:
             write_json({"rungs": self.scheduler.rungs(), "stops": self.scheduler.decisions},
                        self.run_dir / "asha_rungs.json")
+        self.store.push("trials.parquet", "epochs.parquet", "asha_rungs.json", soft=True)
 
     def progress(self, trials, force=False):
         now = time.time()
@@ -810,8 +816,9 @@ def measure_all(run_dir: Path, base: dict, cpu_threads: int, use_gpu: bool,
     for _, r in todo.iterrows():
         cfg = trial_cfg(base, {k: r[k] for k in ("student.arch", "student.stem",
                                                  "data.resize")})
+        # the run's own copy: the column may name a URI, or a folder the run was moved from
         jobs.append((r["trial_id"], cfg.student.arch, cfg.student.stem,
-                     Path(r["checkpoint"]).read_bytes(), cfg.data.resize or 32,
+                     (run_dir / "checkpoints" / f"{r['trial_id']}.pt").read_bytes(), cfg.data.resize or 32,
                      cfg.measure.warmup, cfg.measure.runs, cfg.measure.throughput_batch))
 
     print(f"measuring latency of {len(jobs)} completed students, one at a time "
@@ -938,10 +945,42 @@ def _first_difference(a, b, prefix=""):
     return None if a == b else prefix.rstrip(".")
 
 
-def _restore_snapshot(run_dir: Path, ray_dir: Path) -> None:
+# Where this machine keeps things: a sweep resumed elsewhere (its run folder at a URI) may have
+# them somewhere else. The data itself must be the same: checked by `_check_same_data`.
+MACHINE_LOCAL_KEYS = (("cache_dir",), ("data", "root"))
+
+
+def _portable(resolved: dict) -> dict:
+    out = copy.deepcopy(resolved)
+    for path in MACHINE_LOCAL_KEYS:
+        d = out
+        for k in path[:-1]:
+            d = d.get(k) if isinstance(d, dict) else None
+        if isinstance(d, dict):
+            d.pop(path[-1], None)
+    return out
+
+
+def _check_same_data(sw: SweepConfig, base: dict, split, run_dir: Path) -> None:
+    """A resumed sweep trains on the data it started with: the teachers it would prepare now
+    (keyed by the data's content, kdtune.teacher.teacher_key) are those it prepared then."""
+    from .teacher import teacher_key
+
+    path = run_dir / "teachers.json"
+    if not path.is_file():
+        return  # killed before its teachers were ready: nothing was trained on any data yet
+    then = {m["key"] for m in json.loads(path.read_text())}
+    now = {teacher_key(cfg, split) for cfg in teacher_configs(sw, base)}
+    if now != then:
+        raise KDTuneError(f"--resume: the data at data.root={base['data'].get('root')} "
+                          f"({split.label}) is not the data this sweep started with; point "
+                          "data.root at the same data")
+
+
+def _restore_snapshot(store: RunStore) -> None:
     """Put the last whole snapshot ResultsWriter saved back in place of Tune's files, which a
     kill may have left torn or mixed (see ResultsWriter._write_snapshot)."""
-    path = run_dir / SNAPSHOT
+    path = store.local / SNAPSHOT
     if not path.is_file():
         return
     try:
@@ -949,20 +988,18 @@ def _restore_snapshot(run_dir: Path, ray_dir: Path) -> None:
     except Exception:  # noqa: BLE001 - it is renamed into place whole; unreadable: leave Tune's
         return
     ours = max(n for n in files if n.startswith("experiment_state-"))
-    theirs = sorted(p.name for p in ray_dir.glob("experiment_state-*.json"))
+    theirs = store.ray_glob("experiment_state-*.json")
     if theirs and theirs[-1] > ours:
         return  # Tune's files are of a later session than ours (ours was not written): keep
     for pattern in SNAPSHOT_FILES + ("callback-states-*.pkl",):
-        for old in ray_dir.glob(pattern):
-            if old.name not in files:
-                old.unlink()
+        for old in store.ray_glob(pattern):
+            if old not in files:
+                store.ray_delete(old)
     for name, data in files.items():
-        tmp = ray_dir / f".{name}.tmp{os.getpid()}"
-        tmp.write_bytes(data)
-        os.replace(tmp, ray_dir / name)
+        store.ray_write(name, data)
 
 
-def _recreate_missing_checkpoints(ray_dir: Path) -> None:
+def _recreate_missing_checkpoints(store: RunStore) -> None:
     """Tune registers a trial's new checkpoint, deletes the one before and only then writes the
     snapshot that names the new one: a kill in between leaves a snapshot naming a deleted
     checkpoint, and Tune refuses to restore that trial ("does not exist on storage anymore").
@@ -971,25 +1008,25 @@ def _recreate_missing_checkpoints(ray_dir: Path) -> None:
     try:
         from ray.tune.utils.serialization import _loads_with_cloudpickle
 
-        states = sorted(ray_dir.glob("experiment_state-*.json"))
+        states = store.ray_glob("experiment_state-*.json")
         if not states:
             return
-        for _, meta in _loads_with_cloudpickle(states[-1].read_text())["trial_data"]:
+        for _, meta in _loads_with_cloudpickle(store.ray_read_text(states[-1]))["trial_data"]:
             manager = _loads_with_cloudpickle(meta).get("checkpoint_manager")
             latest = getattr(manager, "latest_checkpoint_result", None)
             if latest is None or latest.checkpoint is None:
                 continue
             old = Path(latest.checkpoint.path)
-            path = ray_dir / old.parent.name / old.name  # the run folder may have moved
-            if path.parent.is_dir() and not path.exists():
-                path.mkdir()
+            rel = f"{old.parent.name}/{old.name}"  # the run folder may have moved
+            if store.ray_is_dir(old.parent.name) and not store.ray_exists(rel):
+                store.ray_mkdir(rel)
                 print(f"--resume: the last checkpoint of {old.parent.name.split('_')[1]} was "
                       "lost when the sweep was killed; that trial starts over", flush=True)
     except Exception:  # noqa: BLE001 - Tune's format changed: restore without the repair
         pass
 
 
-def _restore_tuner(ray_dir: Path, fn, run_config, searcher, scheduler):
+def _restore_tuner(store: RunStore, fn, run_config, searcher, scheduler):
     """Tuner.restore brings back the trials, the searcher (its saved state) and the tuner.pkl
     copies of the callbacks and scheduler. Those copies are frozen at the sweep's start, so the
     live ones of this process (this run folder, this code version, this verbosity) are put in
@@ -997,10 +1034,11 @@ def _restore_tuner(ray_dir: Path, fn, run_config, searcher, scheduler):
     ray = _import_ray()
     from ray import tune
 
-    _restore_snapshot(ray_dir.parent, ray_dir)
-    _recreate_missing_checkpoints(ray_dir)
-    tuner = tune.Tuner.restore(str(ray_dir), trainable=fn, resume_unfinished=True,
-                               resume_errored=False, restart_errored=True)
+    _restore_snapshot(store)
+    _recreate_missing_checkpoints(store)
+    tuner = tune.Tuner.restore(store.ray_path, trainable=fn, resume_unfinished=True,
+                               resume_errored=False, restart_errored=True,
+                               storage_filesystem=store.ray_storage()[1])
     internal = getattr(tuner, "_local_tuner", None)
     if internal is None or not hasattr(internal, "_run_config") or \
             not hasattr(internal, "_tune_config"):
@@ -1019,18 +1057,20 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
               out=None) -> Path:
     sw = load_sweep_config(space_path, overrides)
     _optuna_space(sw, notes=True)  # what config checks let through but Optuna refuses
-    run_dir = Path(out or sw.search.storage or Path("results") / sw.search.name)
-    if "://" in str(run_dir):
-        raise KDTuneError(f"search.storage: {run_dir}: URIs are not supported yet; give a "
-                          "local or shared-filesystem path")
-    run_dir = run_dir.resolve()
-    ray_dir = run_dir / "ray"
-    if run_dir.exists() and (run_dir / "sweep.yaml").exists() and not resume:
-        raise KDTuneError(f"{run_dir} already holds a sweep; add --resume to continue it, or "
-                          "--out / search.name for a new one")
-    if resume and not (run_dir / "sweep.yaml").exists():
-        raise KDTuneError(f"--resume: no sweep to resume in {run_dir}")
     base = resolve_paths(sw.base.to_dict())
+    store = RunStore(out or sw.search.storage or Path("results") / sw.search.name,
+                     base["cache_dir"])
+    held = store.exists("sweep.yaml")
+    if held and not resume:
+        raise KDTuneError(f"{store} already holds a sweep; add --resume to continue it, or "
+                          "--out / search.name for a new one")
+    if resume and not held:
+        raise KDTuneError(f"--resume: no sweep to resume in {store}")
+    if resume:
+        store.pull()  # a URI run: its files, as the bucket holds them, into a fresh local copy
+    else:
+        store.prepare_local()
+    run_dir = store.local
     resolved = {**base, "search": {**sw.search.__dict__,
                                    "asha": sw.search.asha.__dict__,
                                    "resources": sw.search.resources.__dict__}}
@@ -1040,13 +1080,14 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
             stored = yaml.safe_load((run_dir / "sweep.yaml").read_text())
         except yaml.YAMLError:
             stored = None
-        diff = _first_difference(resolved, stored) if isinstance(stored, dict) else "sweep.yaml"
+        diff = _first_difference(_portable(resolved), _portable(stored)) \
+            if isinstance(stored, dict) else "sweep.yaml"
         if diff:
-            raise KDTuneError(f"--resume: {diff} differs from the sweep in {run_dir} (its "
+            raise KDTuneError(f"--resume: {diff} differs from the sweep in {store} (its "
                               "sweep.yaml); resume with the same file and --set overrides")
-    run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (run_dir / "sweep.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        store.push("sweep.yaml")
 
     if not verbose:
         # Tune's own error output is a traceback per errored trial and a list at the end; the
@@ -1062,6 +1103,8 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
     address = address or os.environ.get("RAY_ADDRESS")
     t_start = time.time()
     split = load_split(sw.base.data, base["cache_dir"])
+    if resume:
+        _check_same_data(sw, base, split, run_dir)
     ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.ERROR,
              configure_logging=True, ignore_reinit_error=True)
@@ -1084,7 +1127,8 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
               f"up to {max_t} epochs each, {sw.search.max_concurrent} at a time, "
               f"{gpu_frac:g} GPU + {r.cpu:g} CPU per trial; data {split.label} "
               f"({len(split.y_train)} train / {len(split.y_val)} val / {len(split.y_test)} "
-              f"test); teacher cache: {cache_mode} -> {run_dir}", flush=True)
+              f"test); teacher cache: {cache_mode} -> {store}" + (
+                  f" (working copy {run_dir})" if store.remote else ""), flush=True)
         split_ref = ray.put(split)
         # A CPU-only machine that is the whole cluster: teachers and the final latency
         # measurement run in this process (torch is loaded here already) rather than in
@@ -1092,29 +1136,33 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
         in_driver = not address and not gpus
         teachers = _prepare_teachers(sw, base, split, split_ref, cache_mode == "views",
                                      gpus > 0, run_dir, in_driver=in_driver, verbose=verbose)
+        store.push("teachers.json")
         fn = tune.with_parameters(trainable, split=split_ref, teachers=teachers, base=base,
                                   cache_mode=cache_mode, threads=max(1, int(r.cpu)))
         fn = tune.with_resources(fn, {"cpu": r.cpu, "gpu": gpu_frac})
         prov = provenance()
         searcher = make_searcher(sw)
         scheduler = make_scheduler(sw, max_t) if sw.search.scheduler == "asha" else None
-        restore = resume and tune.Tuner.can_restore(str(ray_dir))
-        writer = ray_classes()["ResultsWriter"](run_dir, base, sw, prov, split.label, planned,
+        storage_path, storage_fs = store.ray_storage()
+        restore = resume and tune.Tuner.can_restore(store.ray_path,
+                                                    storage_filesystem=storage_fs)
+        writer = ray_classes()["ResultsWriter"](store, base, sw, prov, split.label, planned,
                                                 max_t, scheduler=scheduler, resume=resume)
         run_config = tune.RunConfig(
-            name=ray_dir.name, storage_path=str(run_dir), verbose=2 if verbose else 0,
+            name=RAY_DIR, storage_path=storage_path, storage_filesystem=storage_fs,
+            verbose=2 if verbose else 0,
             callbacks=[writer],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0))
         if restore:
-            print(f"resuming the sweep in {run_dir}", flush=True)
-            tuner = _restore_tuner(ray_dir, fn, run_config, searcher, scheduler)
+            print(f"resuming the sweep in {store}", flush=True)
+            tuner = _restore_tuner(store, fn, run_config, searcher, scheduler)
         else:
             if resume:
-                print(f"--resume: no trial had started in {run_dir}; starting them now",
+                print(f"--resume: no trial had started in {store}; starting them now",
                       flush=True)
-                shutil.rmtree(ray_dir, ignore_errors=True)
-                (run_dir / SNAPSHOT).unlink(missing_ok=True)
+                store.ray_remove()
+                store.delete(SNAPSHOT)
             # reuse_actors: a trial runs in the worker process of a finished one (reset_config
             # of Tune's function trainable), so a sweep starts max_concurrent processes, and
             # pays Python + torch start-up that often, instead of once per trial.
@@ -1130,8 +1178,8 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
         if writer.unfinished or not searcher.done():
             again = " with the same --set options" if overrides else ""
             print(f"sweep interrupted: {len(writer.rows)} of {planned} trials finished; state "
-                  f"saved in {ray_dir}. Continue with: kdtune sweep {space_path} --out "
-                  f"{run_dir} --resume{again}", file=sys.stderr, flush=True)
+                  f"saved in {store.url(RAY_DIR)}. Continue with: kdtune sweep {space_path} "
+                  f"--out {store} --resume{again}", file=sys.stderr, flush=True)
             raise KeyboardInterrupt
         if len(writer.rows) < planned:
             print(f"note: the searcher ran out of configs after {len(writer.rows)} of "
@@ -1139,20 +1187,23 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
         if sw.search.measure_after:
             measure_all(run_dir, base, sw.base.measure.cpu_threads, gpus > 0,
                         in_driver=in_driver)
+        store.push("trials.parquet")  # with any upload that failed during the sweep: raises
     finally:
         ray.shutdown()
     df = pd.read_parquet(run_dir / "trials.parquet")
-    _summary(df, time.time() - t_start, run_dir, writer.session_done)
+    _summary(df, time.time() - t_start, store, writer.session_done)
     try:
-        from .dashboard import write_dashboard
+        from .dashboard import OUTPUT_FILES, write_dashboard
 
-        print(f"dashboard: {write_dashboard([run_dir], None)}", flush=True)
+        html = write_dashboard([run_dir], None)
+        store.push(*OUTPUT_FILES)
+        print(f"dashboard: {store.url(html.name) if store.remote else html}", flush=True)
     except KDTuneError as e:
         print(f"dashboard not written: {e}", file=sys.stderr)
     return run_dir
 
 
-def _summary(df: pd.DataFrame, wall: float, run_dir: Path, session: set) -> None:
+def _summary(df: pd.DataFrame, wall: float, store: RunStore, session: set) -> None:
     if df.empty:
         print(f"sweep finished in {_fmt_t(wall)} with no trial recorded", flush=True)
         return
@@ -1169,5 +1220,5 @@ def _summary(df: pd.DataFrame, wall: float, run_dir: Path, session: set) -> None
                      f"{b['student.stem']} T={b['kd.temperature']:.3g} "
                      f"alpha={b['kd.alpha']:.3g} prune={b['prune.ratio']:.2f}: val "
                      f"{b['val_acc']:.2%}, test {b['test_acc']:.2%}")
-    lines.append(f"results: {run_dir / 'trials.parquet'}")
+    lines.append(f"results: {store.url('trials.parquet')}")
     print("\n".join(lines), flush=True)

@@ -32,6 +32,7 @@ from filelock import FileLock
 from .config import TrialConfig
 from .data import DeviceData, Split, num_views
 from .models import create_model
+from .storage import atomic_path
 
 RECIPE_VERSION = 1  # bump when the teacher training recipe changes: old caches stop matching
 
@@ -67,16 +68,14 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1))
 
 
 def _save_checked(obj, path: Path) -> str:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    digest = _sha256(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+        digest = _sha256(tmp)
     return digest
 
 

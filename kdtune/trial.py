@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from .errors import KDTuneError
 from .losses import kd_loss
 from .models import create_model
 from .prune import apply_pruning, attach_identity_masks, make_permanent, sparsity
+from .storage import atomic_path
 
 CKPT = "trial_ckpt.pt"
 STUDENT = "student.pt"  # plain state_dict: loads with torch.load(weights_only=True)
@@ -144,16 +144,21 @@ def resolve_cache_mode(cfg: TrialConfig, teacher_passes_per_image: float) -> str
     return "views" if teacher_passes_per_image > num_views(cfg.data.augment) else "none"
 
 
-def _config_hash(cfg: TrialConfig) -> str:
+def _config_hash(cfg: TrialConfig, data_identity: str) -> str:
+    """What a checkpoint must match to be resumed: the config minus what does not change the
+    training (measurement settings; where this machine keeps caches and data, which differ on
+    the machine a sweep at a URI resumes on) plus the data's content."""
     d = cfg.to_dict()
     d.pop("measure")
+    d.pop("cache_dir")
+    d["data"].pop("root")
+    d["data_identity"] = data_identity
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _save_ckpt(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    with atomic_path(path) as tmp:  # a crash mid-write leaves the previous checkpoint intact
+        torch.save(state, tmp)
 
 
 def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: str | Path | None
@@ -228,7 +233,7 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
     def prune_now():
         apply_pruning(student, cfg.prune.ratio, cfg.prune.scope, cfg.prune.include_linear)
 
-    chash = _config_hash(cfg)
+    chash = _config_hash(cfg, split.identity)
     start_epoch, history, step_s = 1, [], []
     phase = "train"
     opt, sched = new_phase("train")

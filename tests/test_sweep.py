@@ -30,6 +30,7 @@ import yaml
 
 from kdtune.cli import main
 from kdtune.config import load_sweep_config
+from kdtune.errors import KDTuneError
 from kdtune.models import create_model
 from kdtune.results import CONFIG_COLUMNS
 from kdtune.sweep import n_trials
@@ -595,3 +596,21 @@ def test_resume_guards(sweep_run, tmp_path, capsys):
                "--set", "search.num_samples=7"])
     assert_one_line_error(capsys, rc, "search.num_samples")
     assert len(pd.read_parquet(sweep_run.dir / "trials.parquet")) == MAIN_PLANNED  # untouched
+
+
+def test_resume_may_move_machine_local_paths_but_not_change_the_data(sweep_run):
+    import dataclasses
+
+    from kdtune.data import load_split
+    from kdtune.sweep import _check_same_data, _portable, resolve_paths
+
+    sw = load_sweep_config(sweep_run.space)
+    base = resolve_paths(sw.base.to_dict())
+    moved = copy.deepcopy(base)
+    moved["cache_dir"], moved["data"]["root"] = "/elsewhere/cache", "/elsewhere/data"
+    assert _portable(moved) == _portable(base)  # another machine's paths: not a difference
+    split = load_split(sw.base.data, base["cache_dir"])
+    _check_same_data(sw, base, split, sweep_run.dir)  # the data the teachers were keyed by
+    other = load_split(dataclasses.replace(sw.base.data, synthetic_train=600), base["cache_dir"])
+    with pytest.raises(KDTuneError, match="is not the data this sweep started with"):
+        _check_same_data(sw, base, other, sweep_run.dir)

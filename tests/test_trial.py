@@ -4,13 +4,12 @@ import json
 
 import pytest
 import torch
+from conftest import SHARED_CIFAR
 
 from kdtune import teacher as teacher_mod
 from kdtune.cli import main
 from kdtune.config import trial_config
 from kdtune.trial import run_trial
-
-from conftest import SHARED_CIFAR
 
 quiet = dict(log=lambda m: None)
 
