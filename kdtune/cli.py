@@ -94,7 +94,8 @@ def cmd_dashboard(args) -> int:
               for r in args.runs]
     for st in stores:
         st.pull(top_level_only=True)
-    path = write_dashboard([st.local for st in stores], Path(args.out) if args.out else None)
+    path = write_dashboard([st.local for st in stores], Path(args.out) if args.out else None,
+                           sources=[str(st) for st in stores])
     if args.out is None and stores[0].remote:
         stores[0].push(*OUTPUT_FILES)
         print(stores[0].url(path.name))

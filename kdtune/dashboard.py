@@ -221,6 +221,7 @@ class _Data:
     size_label: str
     arch_order: list[str]
     notes: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # where the runs live (a URI or a folder)
 
     @property
     def completed(self) -> pd.DataFrame:
@@ -1051,7 +1052,7 @@ def provenance(data: _Data) -> dict:
         vals = [v for v in dict.fromkeys(t[col].dropna().tolist())]
         vals = [int(v) if isinstance(v, float) and v.is_integer() else v for v in vals]
         prov[col] = vals[0] if len(vals) == 1 else (vals or None)
-    prov["runs"] = [str(p) for p in data.run_dirs]
+    prov["runs"] = data.sources or [str(p) for p in data.run_dirs]
     prov["latency_axis"] = data.lat_label or None
     try:
         from kdtune import __version__
@@ -1343,13 +1344,15 @@ def write_dashboard(
     *,
     png: bool = True,
     quiet: bool = False,
+    sources: Sequence[str] | None = None,
 ) -> Path:
     """Write the dashboard HTML and, next to it, report.json, results.csv and front.png.
 
     ``run_dirs``: one or several sweep run folders (pooled into one dashboard). ``out``: the HTML
     file (default ``<first run folder>/dashboard.html``). ``png``: try the static PNG of the main
     chart (needs kaleido and a local Chrome/Chromium; when it cannot, no PNG is written, the reason
-    goes into report.json under ``png`` and one line to stderr unless ``quiet``). Returns the HTML
+    goes into report.json under ``png`` and one line to stderr unless ``quiet``). ``sources``: how
+    the provenance names the runs (a run at a URI is read from a local copy). Returns the HTML
     path. Raises :class:`~kdtune.errors.KDTuneError` for unusable run folders.
     """
     if isinstance(run_dirs, str | Path):
@@ -1358,6 +1361,7 @@ def write_dashboard(
     if not dirs:
         raise KDTuneError("no run folder given")
     data = _prepare(dirs)
+    data.sources = [str(s) for s in sources] if sources else []
     out_path = Path(out) if out is not None else dirs[0] / HTML_NAME
     if out_path.suffix.lower() not in (".html", ".htm"):
         raise KDTuneError(f"--out {out_path}: the dashboard is an HTML file (use a .html name)")

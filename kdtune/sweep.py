@@ -1195,7 +1195,7 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
     try:
         from .dashboard import OUTPUT_FILES, write_dashboard
 
-        html = write_dashboard([run_dir], None)
+        html = write_dashboard([run_dir], None, sources=[str(store)])
         store.push(*OUTPUT_FILES)
         print(f"dashboard: {store.url(html.name) if store.remote else html}", flush=True)
     except KDTuneError as e:

@@ -10,6 +10,7 @@ another machine, and resumes from the bucket alone. About a minute on 2 CPUs.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
@@ -337,8 +338,11 @@ def test_dashboard_of_an_s3_run_goes_back_into_the_bucket(s3_sweep):
     assert s3_sweep.d.returncode == 0, s3_sweep.d.stderr[-2000:]
     assert s3_sweep.d.stdout.strip().splitlines()[-1] == \
         f"s3://{BUCKET}/sweeps/s3/dashboard.html"
-    html = _remote_files(s3_sweep.fs, s3_sweep.root)["dashboard.html"].decode()
+    files = _remote_files(s3_sweep.fs, s3_sweep.root)
+    html = files["dashboard.html"].decode()
     assert "<html" in html.lower() and "plotly" in html.lower()
+    report = json.loads(files["report.json"])
+    assert report["provenance"]["runs"] == [f"s3://{BUCKET}/sweeps/s3"]
     copy = s3_sweep.other / "dashboards" / "s3" / BUCKET / "sweeps" / "s3"
     assert (copy / "trials.parquet").is_file()
     assert not (copy / "checkpoints").exists()  # the dashboard reads the tables only
