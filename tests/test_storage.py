@@ -200,6 +200,9 @@ def test_unreachable_or_unknown_storage_is_one_line_naming_the_uri(s3, tmp_path)
     with pytest.raises(KDTuneError, match=r"^s3://b/run\?region=x: no \?options in a storage "
                                           r"URI; set them in the environment"):
         RunStore("s3://b/run?region=x", tmp_path)
+    # opening fails before any file is touched (here: no JVM for HDFS, or no such namenode)
+    with pytest.raises(KDTuneError, match=r"^cannot open hdfs://namenode\.invalid:8020/run: "):
+        RunStore("hdfs://namenode.invalid:8020/run", tmp_path)
     store = RunStore("s3://no-such-bucket/run", tmp_path)
     store.prepare_local()
     (store.local / "sweep.yaml").write_text("a: 1\n")
