@@ -130,7 +130,8 @@ def main(argv=None) -> int:
                    help="override a base or search key, e.g. --set search.num_samples=4")
     s.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     s.add_argument("--address", default=None, help="Ray cluster address (or RAY_ADDRESS)")
-    s.add_argument("--out", default=None, help="run folder (default search.storage)")
+    s.add_argument("--out", default=None, help="run folder: a path or a URI such as "
+                   "s3://bucket/run (default search.storage, else results/<name>)")
     s.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs")
     s.set_defaults(fn=cmd_sweep)
 
