@@ -94,33 +94,19 @@ OPTIONAL_NUMERIC_COLUMNS = (
     "teacher_latency_ms_b1_cpu",
     "teacher_size_mb_dense",
 )
-OPTIONAL_TEXT_COLUMNS = (
-    "error",
-    "checkpoint",
-    "gpu_device",
-    "cpu_device",
+#: Which code made the numbers (kdtune.trial.provenance writes them into every row).
+VERSION_COLUMNS = (
     "git_sha",
     "python_version",
     "torch_version",
     "torchvision_version",
     "ray_version",
     "optuna_version",
-    "device",
 )
-PROVENANCE_COLUMNS = (
-    "device",
-    "gpu_device",
-    "cpu_device",
-    "cpu_threads",
-    "git_sha",
-    "python_version",
-    "torch_version",
-    "torchvision_version",
-    "ray_version",
-    "optuna_version",
-    "data.dataset",
-    "data.label",
-)
+OPTIONAL_TEXT_COLUMNS = ("error", "checkpoint", "gpu_device", "cpu_device", *VERSION_COLUMNS,
+                         "device")
+PROVENANCE_COLUMNS = ("device", "gpu_device", "cpu_device", "cpu_threads", *VERSION_COLUMNS,
+                      "data.dataset", "data.label")
 
 NUMERIC_CONFIG_COLUMNS = (
     "kd.temperature",
