@@ -817,8 +817,9 @@ def measure_all(run_dir: Path, base: dict, cpu_threads: int, use_gpu: bool,
         cfg = trial_cfg(base, {k: r[k] for k in ("student.arch", "student.stem",
                                                  "data.resize")})
         # the run's own copy: the column may name a URI, or a folder the run was moved from
-        jobs.append((r["trial_id"], cfg.student.arch, cfg.student.stem,
-                     (run_dir / "checkpoints" / f"{r['trial_id']}.pt").read_bytes(), cfg.data.resize or 32,
+        state = (run_dir / "checkpoints" / f"{r['trial_id']}.pt").read_bytes()
+        jobs.append((r["trial_id"], cfg.student.arch, cfg.student.stem, state,
+                     cfg.data.resize or 32,
                      cfg.measure.warmup, cfg.measure.runs, cfg.measure.throughput_batch))
 
     print(f"measuring latency of {len(jobs)} completed students, one at a time "
