@@ -82,6 +82,7 @@ class RunStore:
         written cannot delete or overwrite the sweep's own files."""
         target = str(target)
         self.pending: set[str] = set()  # files whose upload failed, retried on the next push
+        self._made: set[str] = set()  # folders created by this process (see _mkdir)
         self.uri = target.rstrip("/") if is_uri(target) else None
         if self.uri is None:
             import pyarrow.fs
@@ -117,8 +118,10 @@ class RunStore:
 
     # -- files --------------------------------------------------------------------------------
 
-    def _info(self, path: str):
-        return self._call("read", path, self.fs.get_file_info, path)
+    def _type(self, name: str):
+        """pyarrow FileType of a file or folder of the run (a name relative to its root)."""
+        path = f"{self.root}/{name}"
+        return self._call("read", path, self.fs.get_file_info, path).type
 
     def _call(self, what: str, path: str, fn, *args):
         """Remote errors (no credentials, no bucket, no network) as one line naming the URI."""
@@ -134,15 +137,14 @@ class RunStore:
     def _mkdir(self, path: str) -> None:
         """A local disk needs the folder before a file goes in; a store takes it as a no-op
         marker. Once per folder and process."""
-        made = self.__dict__.setdefault("_made", set())
-        if path not in made:
+        if path not in self._made:
             self._call("write", path, lambda: self.fs.create_dir(path, recursive=True))
-            made.add(path)
+            self._made.add(path)
 
     def exists(self, name: str) -> bool:
         import pyarrow.fs
 
-        return self._info(f"{self.root}/{name}").type != pyarrow.fs.FileType.NotFound
+        return self._type(name) != pyarrow.fs.FileType.NotFound
 
     def read_bytes(self, name: str) -> bytes:
         path = f"{self.root}/{name}"
@@ -249,19 +251,17 @@ class RunStore:
     def ray_is_dir(self, rel: str) -> bool:
         import pyarrow.fs
 
-        return self._info(f"{self.ray_path}/{rel}").type == pyarrow.fs.FileType.Directory
+        return self._type(f"{RAY_DIR}/{rel}") == pyarrow.fs.FileType.Directory
 
     def ray_exists(self, rel: str) -> bool:
-        import pyarrow.fs
-
-        return self._info(f"{self.ray_path}/{rel}").type != pyarrow.fs.FileType.NotFound
+        return self.exists(f"{RAY_DIR}/{rel}")
 
     def ray_mkdir(self, rel: str) -> None:
-        path = f"{self.ray_path}/{rel}"
-        self._call("write", path, lambda: self.fs.create_dir(path, recursive=True))
+        self._mkdir(f"{self.ray_path}/{rel}")
 
     def ray_remove(self) -> None:
         """Ray's whole folder (a --resume of a sweep none of whose trials had started)."""
+        self._made = {p for p in self._made if not p.startswith(self.ray_path)}
         try:
             self._call("delete", self.ray_path, self.fs.delete_dir, self.ray_path)
         except FileNotFoundError:
