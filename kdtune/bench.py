@@ -23,7 +23,15 @@ from .config import trial_config
 from .data import DeviceData, load_split, num_views
 from .losses import kd_loss
 from .models import create_model
-from .trial import make_optimizer, resolve_device
+from .teacher import build_view_cache
+from .train import (
+    make_optimizer,
+    place_model,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+    train_step,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -50,7 +58,7 @@ def bench_data(split, device, batch: int, n_batches: int) -> dict:
     import torchvision.transforms as TT
     from torch.utils.data import DataLoader, Dataset
 
-    dd = DeviceData(split, device)
+    dd = DeviceData(split, device, channels_last=resolve_channels_last("auto", device))
 
     def ours():
         for i, (_, x, _, _) in enumerate(dd.train_batches(batch, seed=0)):
@@ -85,37 +93,33 @@ def bench_data(split, device, batch: int, n_batches: int) -> dict:
 
 
 def bench_teacher(cfg, split, device, steps: int) -> dict:
-    from .teacher import build_view_cache
-
-    dd = DeviceData(split, device)
-    teacher = create_model(cfg.teacher.arch, split.num_classes, cfg.teacher.stem).to(device)
-    teacher.eval()
-    student = create_model(cfg.student.arch, split.num_classes, cfg.student.stem).to(device)
-    if dd.channels_last:
-        teacher = teacher.to(memory_format=torch.channels_last)
-        student = student.to(memory_format=torch.channels_last)
+    # the switches a trial on this device gets by default (train.*: auto)
+    bf16 = resolve_precision(cfg.train.precision, device) == "bf16"
+    channels_last = resolve_channels_last(cfg.train.channels_last, device)
+    dd = DeviceData(split, device, channels_last=channels_last)
+    teacher = place_model(create_model(cfg.teacher.arch, split.num_classes, cfg.teacher.stem),
+                          device, channels_last).eval()
+    student = place_model(create_model(cfg.student.arch, split.num_classes, cfg.student.stem),
+                          device, channels_last)
     opt = make_optimizer(student, "sgd", 0.01, 5e-4)
-    cuda = device.type == "cuda"
     t0 = time.perf_counter()
-    views = build_view_cache(teacher, dd, split.num_classes, log=lambda m: None)
+    views = build_view_cache(teacher, dd, split.num_classes, log=lambda m: None, bf16=bf16)
     _sync(device)
     build_s = time.perf_counter() - t0
     batches = list(dd.train_batches(cfg.train.batch_size, seed=0))[:steps]
 
     def run(mode):
+        def teacher_logits(idx, x, view):
+            if mode == "views":
+                return views[idx, view]
+            with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                return teacher(x)
+
         def go():
             for idx, x, y, view in batches:
-                with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
-                    s = student(x)
-                    if mode == "views":
-                        t = views[idx, view]
-                    else:
-                        with torch.no_grad():
-                            t = teacher(x)
-                loss = kd_loss(s, t, y, 4.0, 0.9, 0.05)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                t = teacher_logits(idx, x, view)
+                train_step(student, x, lambda s: kd_loss(s, t, y, 4.0, 0.9, 0.05), opt,
+                           bf16=bf16)
         return go
 
     t_views = _time(run("views"), device, 3) / len(batches)
@@ -134,22 +138,20 @@ def bench_precision(cfg, split, device, steps: int) -> dict | None:
     if device.type != "cuda":
         return None
     out = {}
-    for name, bf16, cl in (("fp32", False, False), ("bf16_channels_last", True, True)):
-        dd = DeviceData(split, device)
-        dd.channels_last = cl
-        model = create_model(cfg.student.arch, split.num_classes, cfg.student.stem).to(device)
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
+    # the two ends of train.precision x train.channels_last, through the trial's own step
+    for name, precision, cl in (("fp32", "fp32", False), ("bf16_channels_last", "bf16", True)):
+        bf16 = resolve_precision(precision, device) == "bf16"
+        channels_last = resolve_channels_last(cl, device)
+        dd = DeviceData(split, device, channels_last=channels_last)
+        model = place_model(create_model(cfg.student.arch, split.num_classes, cfg.student.stem),
+                            device, channels_last)
         opt = make_optimizer(model, "sgd", 0.01, 5e-4)
         batches = list(dd.train_batches(cfg.train.batch_size, seed=0))[:steps]
+        ce = lambda logits, y: torch.nn.functional.cross_entropy(logits.float(), y)  # noqa: E731
 
         def go():
             for _, x, y, _ in batches:
-                with torch.autocast("cuda", torch.bfloat16, enabled=bf16):
-                    loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                train_step(model, x, lambda logits: ce(logits, y), opt, bf16=bf16)
 
         out[f"step_ms_{name}"] = 1000 * _time(go, device, 3) / len(batches)
     out["speedup"] = out["step_ms_fp32"] / out["step_ms_bf16_channels_last"]

@@ -33,7 +33,8 @@ def write_json_atomic(path: Path, obj) -> None:
 
 def cmd_trial(args) -> int:
     from .config import load_trial_config, parse_overrides
-    from .trial import CKPT, STUDENT, provenance, resolve_device, run_trial
+    from .train import resolve_device
+    from .trial import CKPT, STUDENT, provenance, run_trial
 
     cfg = load_trial_config(args.config, parse_overrides(args.set))
     out = Path(args.out or Path("results") / "trials" / Path(args.config).stem)
@@ -61,7 +62,7 @@ def cmd_validate(args) -> int:
 
     raw = read_yaml(args.config)
     if "search" in raw:
-        from .sweep import baseline_configs, n_trials, teacher_configs
+        from .sweep.plan import baseline_configs, n_trials, teacher_configs
 
         sw = load_sweep_config(args.config)
         print(f"{args.config}: ok (sweep '{sw.search.name}': {len(sw.space)} searched keys, "
@@ -76,7 +77,7 @@ def cmd_validate(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .config import parse_overrides
-    from .sweep import run_sweep
+    from .sweep.run import run_sweep
 
     run_sweep(args.space, overrides=parse_overrides(args.set), resume=args.resume,
               address=args.address, verbose=args.verbose, out=args.out)

@@ -26,6 +26,10 @@ SCHEDULES = ("cosine", "onecycle")
 PRUNE_SCOPES = ("global", "layerwise")
 TEACHER_CACHES = ("views", "none", "auto")
 PRETRAINED = (None, "imagenet")
+# auto: on for CUDA (where bf16 autocast and channels_last pay off), off for CPU. Forcing them on
+# is how the CPU test suite runs the CUDA code paths.
+CHANNELS_LAST = ("auto", True, False)
+PRECISIONS = ("auto", "bf16", "fp32")
 # run folders at a URI: what pyarrow.fs.FileSystem.from_uri opens (kdtune.storage)
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
 
@@ -96,6 +100,9 @@ class TrainConfig:
     momentum: float = _f(0.9, ge=0, lt=1)
     schedule: str = _f("cosine", choices=SCHEDULES)
     eval_batch_size: int = _f(1024, ge=1)
+    channels_last: str | bool = _f("auto", choices=CHANNELS_LAST,
+                                   doc="NHWC memory layout for models and batches")
+    precision: str = _f("auto", choices=PRECISIONS, doc="bf16: autocast forward passes")
 
 
 @dataclass
@@ -217,8 +224,17 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _yaml_str(value) -> str:
+    # As a YAML file spells it, so the allowed values can be pasted back into a config.
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def _fmt_choices(choices) -> str:
-    return ", ".join("null" if c is None else str(c) for c in choices)
+    return ", ".join(_yaml_str(c) for c in choices)
 
 
 def _type_name(tp) -> str:
@@ -226,32 +242,41 @@ def _type_name(tp) -> str:
             list: "a list", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+_TYPE_OK = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+    list: lambda v: isinstance(v, list),
+    dict: lambda v: isinstance(v, dict),
+}
+
+
+def _is_choice(value, choices) -> bool:
+    # `in` alone would accept 1 for True and 0 for False (they compare equal in Python).
+    return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices)
+
+
 def _check_value(key: str, value, tp, meta):
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        tp = args[0]
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, key)
-    base = typing.get_origin(tp) or tp
-    ok = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        str: lambda v: isinstance(v, str),
-        list: lambda v: isinstance(v, list),
-        dict: lambda v: isinstance(v, dict),
-    }[base]
+    types_ = [tp]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        types_ = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(types_) < len(typing.get_args(tp)):
+            return None  # Optional[...]: null is allowed
+    if len(types_) == 1 and dataclasses.is_dataclass(types_[0]):
+        return build(types_[0], value, key)
+    bases = [typing.get_origin(t) or t for t in types_]
     choices = meta.get("choices")
     if choices is not None and callable(choices):
         choices = choices()
-    if not ok(value):
+    # A union such as `str | bool` takes a value of any of its types; the first that fits wins.
+    base = next((b for b in bases if _TYPE_OK[b](value)), None)
+    if base is None:
         if choices:
             raise KDTuneError(f"{key}: got {value!r}; allowed: {_fmt_choices(choices)}")
-        raise KDTuneError(f"{key}: expected {_type_name(base)}, got {value!r}")
-    if choices is not None and value not in choices:
+        raise KDTuneError(f"{key}: expected {' or '.join(map(_type_name, bases))}, "
+                          f"got {value!r}")
+    if choices is not None and not _is_choice(value, choices):
         raise KDTuneError(f"{key}: got {value!r}; allowed: {_fmt_choices(choices)}")
     if base in (int, float):
         tests = {"ge": float.__ge__, "gt": float.__gt__, "le": float.__le__, "lt": float.__lt__}

@@ -1063,7 +1063,10 @@ def provenance(data: _Data) -> dict:
 
 
 def _provenance_table(prov: dict) -> str:
-    labels = {"device": "trained on", "gpu_device": "GPU (latency)", "cpu_device": "CPU (latency)",
+    labels = {"device": "trained on", "precision": "training precision",
+              "channels_last": "training in channels_last",
+              "gpu_precision": "GPU latency precision", "cpu_precision": "CPU latency precision",
+              "gpu_device": "GPU (latency)", "cpu_device": "CPU (latency)",
               "cpu_threads": "CPU threads (latency)", "git_sha": "git SHA",
               "data.dataset": "dataset kind", "data.label": "dataset",
               "latency_axis": "latency axis", "runs": "run folders"}

@@ -286,12 +286,16 @@ def view_params(view: int) -> tuple[int, int, int]:
 
 
 class DeviceData:
-    """The split on the device as uint8 (4x smaller than float), normalised per batch."""
+    """The split on the device as uint8 (4x smaller than float), normalised per batch.
+
+    Batches come out in the layout `channels_last` asks for (the model's, see kdtune.train);
+    it is a switch of its own, not derived from the device, so a CPU run can exercise the GPU
+    layout."""
 
     def __init__(self, split: Split, device: torch.device, augment: bool = True,
-                 resize: int | None = None):
+                 resize: int | None = None, channels_last: bool = False):
         self.split, self.device, self.augment, self.resize = split, device, augment, resize
-        self.channels_last = device.type == "cuda"
+        self.channels_last = channels_last
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
         # Padded once up front: every crop is then a pure gather (zero fill, like RandomCrop).
         self.train_padded = F.pad(t(split.x_train), (PAD, PAD, PAD, PAD))
@@ -315,9 +319,10 @@ class DeviceData:
         if self.resize and self.resize != x.shape[-1]:
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear",
                               align_corners=False)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        # The crop gather yields channels_last memory whatever the switch says; fix it to the
+        # model's layout so "off" really runs contiguous convs.
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last
+                            else torch.contiguous_format)
 
     def crop_flip(self, idx, dy, dx, flip) -> torch.Tensor:
         """Batched crop+flip as one gather: rows/cols index grids per image."""

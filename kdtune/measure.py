@@ -161,20 +161,23 @@ def measure_speed(
     runs: int = 50,
     threads: int | None = None,
     bf16: bool | None = None,
-) -> dict[str, float | int | str]:
+    channels_last: bool | None = None,
+) -> dict[str, float | int | str | bool]:
     """Batch-1 latency (median, p90 over ``runs``) and throughput at ``batch`` on ``device``.
 
-    Benchmarks a deep copy moved to ``device`` (channels_last on CUDA), so the caller's model
-    keeps its device, memory format, mode and pruning masks. The copy has its masks folded in,
-    so a model still fine-tuning is timed as it will be deployed, without the per-forward
-    ``weight_orig * weight_mask``. ``bf16`` defaults to autocast on CUDA and fp32 on
-    CPU. The device is synchronized before every clock read, otherwise CUDA timings only measure
-    the kernel launch.
+    Benchmarks a deep copy moved to ``device``, so the caller's model keeps its device, memory
+    format, mode and pruning masks. The copy has its masks folded in, so a model still
+    fine-tuning is timed as it will be deployed, without the per-forward
+    ``weight_orig * weight_mask``. ``bf16`` (autocast) and ``channels_last`` (model and inputs)
+    are a trial's resolved ``train.precision``/``train.channels_last``; None picks them by
+    device, on for CUDA and off for CPU, for a model measured on its own. The device is
+    synchronized before every clock read, otherwise CUDA timings only measure the kernel launch.
     """
     device = torch.device(device)
     is_cuda = device.type == "cuda"
     bf16 = is_cuda if bf16 is None else bf16
-    memory_format = torch.channels_last if is_cuda else torch.contiguous_format
+    channels_last = is_cuda if channels_last is None else channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     bench = _inference_copy(model).to(device=device, memory_format=memory_format).eval()
 
     def sync() -> None:
@@ -209,6 +212,7 @@ def measure_speed(
         "measure_device": device_label(device),
         "measure_threads": used_threads,
         "measure_precision": "bf16" if bf16 else "fp32",
+        "measure_channels_last": channels_last,
     }
 
 

@@ -30,8 +30,20 @@ def apply_pruning(
 ) -> list[tuple[nn.Module, str]]:
     """Zero the ``ratio`` fraction of smallest-|w| prunable weights; returns what was pruned.
 
-    ``global`` ranks all prunable weights together (layers with many small weights lose more);
-    ``layerwise`` removes ``ratio`` of every tensor. Masks stay attached; see the module docstring.
+    ``global`` ranks all prunable weights together and prunes ``round(ratio * total)`` of them
+    (layers with many small weights lose more); ``layerwise`` prunes ``round(ratio * n)`` of
+    every tensor. Both are exactly what ``prune.global_unstructured(..., L1Unstructured)`` and
+    ``prune.l1_unstructured`` compute, ties included (the same ``topk``), and like them a weight
+    that already has a mask only loses entries its mask still keeps. Masks stay attached; see the
+    module docstring.
+
+    Why not call those functions: they flatten with ``.view(-1)`` (``parameters_to_vector`` and
+    ``L1Unstructured.compute_mask``), which assumes a contiguous weight and raises "view size is
+    not compatible with input tensor's size and stride" on a channels_last one, i.e. on every
+    student a GPU trains. So the ranking here flattens with ``reshape`` (a copy in logical order
+    for channels_last, which is the order torch ranks in), and the masks are built with
+    ``ones_like`` and attached with ``custom_from_mask``, so they, the hooked ``weight`` and the
+    weight ``make_permanent`` leaves behind all keep the parameter's memory format.
     """
     if scope not in SCOPES:
         raise KDTuneError(f"unknown prune scope {scope!r}; valid scopes: {', '.join(SCOPES)}")
@@ -39,11 +51,56 @@ def apply_pruning(
         return []
     params = prunable(model, include_linear)
     if scope == "global":
-        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=ratio)
+        scores = torch.cat([_effective_weight(m, n).abs().reshape(-1) for m, n in params])
+        alive = torch.cat([_alive(m, n) for m, n in params])
+        drops = _smallest(scores, alive, ratio).split([_param(m, n).numel() for m, n in params])
     else:
-        for module, name in params:
-            prune.l1_unstructured(module, name, amount=ratio)
+        drops = [_smallest(_effective_weight(m, n).abs().reshape(-1), _alive(m, n), ratio)
+                 for m, n in params]
+    for (module, name), drop in zip(params, drops):
+        _attach_mask(module, name, drop)
     return params
+
+
+def _param(module: nn.Module, name: str) -> torch.Tensor:
+    """The trained tensor: ``name_orig`` once pruning hooks are attached, else ``name``."""
+    orig = getattr(module, name + "_orig", None)
+    return orig if orig is not None else getattr(module, name)
+
+
+def _alive(module: nn.Module, name: str) -> torch.Tensor:
+    """Flat bool, logical order: the entries an existing mask still keeps (all of them if none)."""
+    mask = getattr(module, name + "_mask", None)
+    if mask is None:
+        weight = _param(module, name)
+        return torch.ones(weight.numel(), dtype=torch.bool, device=weight.device)
+    return mask.reshape(-1) == 1
+
+
+def _smallest(scores: torch.Tensor, alive: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Flat bool: the round(ratio * n) smallest of the n alive scores, as torch's L1Unstructured
+    picks them (Python's round, as ``_compute_nparams_toprune``; ``topk`` on the alive entries
+    in logical order, so ties fall the same way)."""
+    candidates = alive.nonzero().squeeze(1)
+    k = round(ratio * candidates.numel())
+    drop = torch.zeros_like(alive)
+    if k:
+        drop[candidates[torch.topk(scores[candidates], k, largest=False).indices]] = True
+    return drop
+
+
+def _attach_mask(module: nn.Module, name: str, drop: torch.Tensor) -> None:
+    weight = _param(module, name)
+    drop = drop.view(weight.shape)  # `drop` is a fresh contiguous vector: view is safe here
+    mask = getattr(module, name + "_mask", None)
+    if mask is None:
+        prune.custom_from_mask(module, name, torch.ones_like(weight).masked_fill_(drop, 0))
+    else:
+        # Already masked (identity masks, an earlier pruning): narrow the mask in place, which
+        # keeps its layout (torch's PruningContainer would rebuild it contiguous), and refresh
+        # the hooked attribute as the forward pre-hook would.
+        mask.masked_fill_(drop, 0)
+        setattr(module, name, weight * mask)
 
 
 def attach_identity_masks(

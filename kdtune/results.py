@@ -103,9 +103,14 @@ VERSION_COLUMNS = (
     "ray_version",
     "optuna_version",
 )
+#: How a trial really ran (resolved from train.precision / train.channels_last and the device;
+#: gpu_/cpu_precision: of the latency measurement) and where (a cluster's node, Ray's GPU ids).
+RUNTIME_COLUMNS = ("precision", "channels_last", "gpu_precision", "cpu_precision", "node",
+                   "ray_gpu_ids")
 OPTIONAL_TEXT_COLUMNS = ("error", "checkpoint", "gpu_device", "cpu_device", *VERSION_COLUMNS,
-                         "device")
-PROVENANCE_COLUMNS = ("device", "gpu_device", "cpu_device", "cpu_threads", *VERSION_COLUMNS,
+                         "device", *RUNTIME_COLUMNS)
+PROVENANCE_COLUMNS = ("device", "precision", "channels_last", "gpu_device", "gpu_precision",
+                      "cpu_device", "cpu_precision", "cpu_threads", *VERSION_COLUMNS,
                       "data.dataset", "data.label")
 
 NUMERIC_CONFIG_COLUMNS = (

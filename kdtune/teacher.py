@@ -31,8 +31,10 @@ from filelock import FileLock
 
 from .config import TrialConfig
 from .data import DeviceData, Split, num_views
+from .measure import accuracy
 from .models import create_model
 from .storage import atomic_path
+from .train import fit, place_model, resolve_precision
 
 RECIPE_VERSION = 1  # bump when the teacher training recipe changes: old caches stop matching
 
@@ -84,14 +86,14 @@ def _valid(path: Path, digest: str | None) -> bool:
 
 
 def build_view_cache(model: torch.nn.Module, dd: DeviceData, num_classes: int,
-                     batch_size: int = 1024, log=print) -> torch.Tensor:
-    """Teacher logits for every (image, view): (n_train, n_views, classes) fp16."""
+                     batch_size: int = 1024, log=print, *, bf16: bool) -> torch.Tensor:
+    """Teacher logits for every (image, view): (n_train, n_views, classes) fp16. The batches
+    come in dd's layout (dd.channels_last); `bf16` autocasts the teacher's forward."""
     n, nv = dd.n_train, num_views(dd.augment)
     out = torch.empty((n, nv, num_classes), dtype=torch.float16, device=dd.device)
     model.eval()
-    cuda = dd.device.type == "cuda"
     t0, last = time.perf_counter(), 0.0
-    with torch.inference_mode(), torch.autocast(dd.device.type, torch.bfloat16, enabled=cuda):
+    with torch.inference_mode(), torch.autocast(dd.device.type, torch.bfloat16, enabled=bf16):
         for v in range(nv):
             for s in range(0, n, batch_size):
                 idx = torch.arange(s, min(s + batch_size, n), device=dd.device)
@@ -103,19 +105,16 @@ def build_view_cache(model: torch.nn.Module, dd: DeviceData, num_classes: int,
     return out
 
 
-def _train_teacher(cfg: TrialConfig, dd: DeviceData, num_classes: int, log) -> torch.nn.Module:
-    from .trial import fit  # the same training loop as students; imported late (no cycle)
-
+def _train_teacher(cfg: TrialConfig, dd: DeviceData, num_classes: int, bf16: bool,
+                   log) -> torch.nn.Module:
     t = cfg.teacher
     torch.manual_seed(t.seed)
     model = create_model(t.arch, num_classes=num_classes, stem=t.stem, pretrained=t.pretrained)
-    model.to(dd.device)
-    if dd.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = place_model(model, dd.device, dd.channels_last)
     if t.epochs:
         fit(model, dd, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
             weight_decay=t.weight_decay, optimizer=t.optimizer, schedule="cosine",
-            momentum=0.9, seed=t.seed, label_smoothing=t.label_smoothing,
+            momentum=0.9, seed=t.seed, label_smoothing=t.label_smoothing, bf16=bf16,
             log=lambda m: log(f"teacher {t.arch}/{t.stem}: {m}"),
             eval_batch_size=cfg.train.eval_batch_size)
     return model.eval()
@@ -123,9 +122,12 @@ def _train_teacher(cfg: TrialConfig, dd: DeviceData, num_classes: int, log) -> t
 
 def prepare_teacher(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: bool,
                     log=print) -> Teacher:
-    """Load the teacher for `cfg` from the cache, or train it (and its view cache) once."""
-    from .measure import accuracy
+    """Load the teacher for `cfg` from the cache, or train it (and its view cache) once.
 
+    It runs under the trial's switches: the layout of `dd` (dd.channels_last) and
+    `train.precision` resolved for dd's device, the one rule run_trial resolves it by too."""
+    bf16 = resolve_precision(cfg.train.precision, dd.device) == "bf16"
+    eval_bs = cfg.train.eval_batch_size
     key = teacher_key(cfg, split)
     root = Path(cfg.cache_dir).expanduser() / "teachers"
     folder = root / key
@@ -139,9 +141,7 @@ def prepare_teacher(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: 
         if hit:
             model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu",
                                              weights_only=True))
-            model.to(dd.device).eval()
-            if dd.channels_last:
-                model = model.to(memory_format=torch.channels_last)
+            model = place_model(model, dd.device, dd.channels_last).eval()
             log(f"teacher {cfg.teacher.arch}/{cfg.teacher.stem}: cache hit {key} "
                 f"(val {meta['val_acc']:.2%}, test {meta['test_acc']:.2%})")
         else:
@@ -149,7 +149,7 @@ def prepare_teacher(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: 
                 log(f"teacher cache {key}: missing or corrupt, rebuilding")
                 shutil.rmtree(folder)
             t0 = time.perf_counter()
-            model = _train_teacher(cfg, dd, split.num_classes, log)
+            model = _train_teacher(cfg, dd, split.num_classes, bf16, log)
             train_s = time.perf_counter() - t0
             tmp = root / f".{key}.tmp{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -158,8 +158,10 @@ def prepare_teacher(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: 
             meta = {
                 "key": key, "arch": cfg.teacher.arch, "stem": cfg.teacher.stem,
                 "config": cfg.to_dict()["teacher"], "data": split.label,
-                "val_acc": accuracy(model, dd.eval_batches("val", cfg.train.eval_batch_size)),
-                "test_acc": accuracy(model, dd.eval_batches("test", cfg.train.eval_batch_size)),
+                "val_acc": accuracy(model, dd.eval_batches("val", eval_bs),
+                                    autocast_bf16=bf16),
+                "test_acc": accuracy(model, dd.eval_batches("test", eval_bs),
+                                     autocast_bf16=bf16),
                 "train_s": train_s,
                 "sha256": {"model.pt": _save_checked(state, tmp / "model.pt")},
             }
@@ -176,8 +178,8 @@ def prepare_teacher(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: 
                 teacher.views_build_s = meta.get("views_build_s")
             else:
                 t0 = time.perf_counter()
-                teacher.views = build_view_cache(model, dd, split.num_classes,
-                                                 cfg.train.eval_batch_size, log)
+                teacher.views = build_view_cache(model, dd, split.num_classes, eval_bs, log,
+                                                 bf16=bf16)
                 teacher.views_build_s = time.perf_counter() - t0
                 meta["sha256"]["views.pt"] = _save_checked(teacher.views.cpu(), vpath)
                 meta["views_build_s"] = teacher.views_build_s

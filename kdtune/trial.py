@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import random
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,6 +23,17 @@ from .losses import kd_loss
 from .models import create_model
 from .prune import apply_pruning, attach_identity_masks, make_permanent, sparsity
 from .storage import atomic_path
+from .teacher import prepare_teacher
+from .train import (
+    make_optimizer,
+    make_schedule,
+    place_model,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    train_epoch,
+)
 
 CKPT = "trial_ckpt.pt"
 STUDENT = "student.pt"  # plain state_dict: loads with torch.load(weights_only=True)
@@ -63,75 +72,6 @@ def provenance(device: torch.device | None = None) -> dict:
     if device is not None:
         out["device"] = measure.device_label(device)
     return out
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise KDTuneError(f"device: {name} requested but CUDA is not available here; "
-                          "use device: auto or cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def make_optimizer(model, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
-    params = [p for p in model.parameters() if p.requires_grad]
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0,
-                               weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
-def make_schedule(opt, name: str, lr: float, total_steps: int):
-    """Stepped per batch, so short runs still anneal smoothly."""
-    total_steps = max(1, total_steps)
-    if name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
-
-
-def train_epoch(model, dd: DeviceData, opt, sched, batch_size: int, seed: int,
-                loss_fn) -> tuple[float, int]:
-    """One pass; returns (mean loss, steps). The loss is summed on the device and read once at
-    the end: a per-step `.item()` would stall the GPU queue on every batch."""
-    model.train()
-    cuda = dd.device.type == "cuda"
-    total = torch.zeros((), device=dd.device)
-    steps = 0
-    for idx, x, y, view in dd.train_batches(batch_size, seed):
-        with torch.autocast(dd.device.type, torch.bfloat16, enabled=cuda):
-            logits = model(x)
-        loss = loss_fn(logits, idx, x, y, view)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        total += loss.detach()
-        steps += 1
-    return total.item() / max(steps, 1), steps
-
-
-def fit(model, dd: DeviceData, *, epochs: int, lr: float, batch_size: int, weight_decay: float,
-        optimizer: str, schedule: str, momentum: float, seed: int, label_smoothing: float,
-        log=print, eval_batch_size: int = 1024) -> None:
-    """Plain cross-entropy training (teachers)."""
-    opt = make_optimizer(model, optimizer, lr, weight_decay, momentum)
-    sched = make_schedule(opt, schedule, lr, epochs * dd.steps_per_epoch(batch_size))
-    ce = lambda logits, idx, x, y, view: torch.nn.functional.cross_entropy(  # noqa: E731
-        logits.float(), y, label_smoothing=label_smoothing)
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        loss, _ = train_epoch(model, dd, opt, sched, batch_size, seed * 100_003 + epoch, ce)
-        acc = measure.accuracy(model, dd.eval_batches("val", eval_batch_size))
-        log(f"epoch {epoch}/{epochs} loss {loss:.3f} val {acc:.2%} "
-            f"({time.perf_counter() - t0:.1f}s)")
 
 
 def resolve_cache_mode(cfg: TrialConfig, teacher_passes_per_image: float) -> str:
@@ -174,9 +114,15 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
     """
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
+    # Resolved once; everything below (data, student, teacher, view cache, evaluation, latency)
+    # gets these two booleans and never looks at the device to choose them again.
+    precision = resolve_precision(cfg.train.precision, device)
+    bf16 = precision == "bf16"
+    channels_last = resolve_channels_last(cfg.train.channels_last, device)
     if split is None:
         split = load_split(cfg.data, cfg.cache_dir)
-    dd = DeviceData(split, device, augment=cfg.data.augment, resize=cfg.data.resize)
+    dd = DeviceData(split, device, augment=cfg.data.augment, resize=cfg.data.resize,
+                    channels_last=channels_last)
     total_epochs = cfg.train.epochs + (cfg.prune.finetune_epochs if cfg.prune.ratio > 0 else 0)
     if cache_mode is None:
         cache_mode = resolve_cache_mode(cfg, cfg.train.epochs)
@@ -184,12 +130,9 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
 
     if cfg.kd.alpha > 0:
         if teacher is None:
-            from .teacher import prepare_teacher
-
             teacher = prepare_teacher(cfg, split, dd, want_views=cache_mode == "views", log=log)
-        teacher.model.to(device).eval()
-        if dd.channels_last:
-            teacher.model.to(memory_format=torch.channels_last)
+        # a teacher handed in by a sweep was prepared elsewhere: bring it to this trial's layout
+        teacher.model = place_model(teacher.model, device, channels_last).eval()
         if cache_mode == "views":
             if teacher.views is None:
                 raise KDTuneError("teacher.cache: views requested but the teacher has no cache")
@@ -199,13 +142,10 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
                 raise RuntimeError(f"view cache shape {tuple(teacher.views.shape)} != {expect}")
 
     seed_everything(cfg.seed)
-    student = create_model(cfg.student.arch, num_classes=split.num_classes,
-                           stem=cfg.student.stem).to(device)
-    if dd.channels_last:
-        student = student.to(memory_format=torch.channels_last)
+    student = place_model(create_model(cfg.student.arch, num_classes=split.num_classes,
+                                       stem=cfg.student.stem), device, channels_last)
     flops = measure.count_flops(student, (1, 3, dd.input_size, dd.input_size))
     kd = cfg.kd
-    cuda = device.type == "cuda"
 
     def loss_fn(logits, idx, x, y, view):
         t_logits = None
@@ -213,7 +153,7 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
             if cache_mode == "views":
                 t_logits = teacher.views[idx, view]
             else:
-                with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=cuda):
+                with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                     t_logits = teacher.model(x)
         return kd_loss(logits, t_logits, y, kd.temperature, kd.alpha, kd.label_smoothing)
 
@@ -265,9 +205,9 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
         lr = opt.param_groups[0]["lr"]
         t0 = time.perf_counter()
         loss, n_steps = train_epoch(student, dd, opt, sched, cfg.train.batch_size,
-                                    cfg.seed * 100_003 + epoch, loss_fn)
+                                    cfg.seed * 100_003 + epoch, loss_fn, bf16=bf16)
         step_s.append((time.perf_counter() - t0) / n_steps)
-        val = measure.accuracy(student, dd.eval_batches("val", eval_bs), autocast_bf16=cuda)
+        val = measure.accuracy(student, dd.eval_batches("val", eval_bs), autocast_bf16=bf16)
         row = {"epoch": epoch, "phase": phase, "val_acc": val, "train_loss": loss, "lr": lr,
                "flops": flops, **measure.count_params(student), **measure.model_size_mb(student)}
         history.append(row)
@@ -289,9 +229,9 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
     make_permanent(student)
     result = {
         "val_acc": measure.accuracy(student, dd.eval_batches("val", eval_bs),
-                                    autocast_bf16=cuda),
+                                    autocast_bf16=bf16),
         "test_acc": measure.accuracy(student, dd.eval_batches("test", eval_bs),
-                                     autocast_bf16=cuda),
+                                     autocast_bf16=bf16),
         "teacher_val_acc": teacher.val_acc if teacher is not None else None,
         "teacher_test_acc": teacher.test_acc if teacher is not None else None,
         **sparsity(student, cfg.prune.include_linear),
@@ -300,14 +240,15 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
         "view_cache_build_s": getattr(teacher, "views_build_s", None),
         "teacher_train_s": getattr(teacher, "train_s", None),
         "train_step_ms": 1000 * float(np.median(step_s)) if step_s else None,
-        "device": measure.device_label(device), "dataset_label": split.label,
+        "device": measure.device_label(device), "precision": precision,
+        "channels_last": channels_last, "dataset_label": split.label,
     }
     if cfg.measure.latency:
         m = cfg.measure
         result.update(measure.measure_speed(
             student, device, input_size=dd.input_size, batch=m.throughput_batch,
             warmup=m.warmup, runs=m.runs, threads=m.cpu_threads if device.type == "cpu"
-            else None))
+            else None, bf16=bf16, channels_last=channels_last))
     result["wall_s"] = time.perf_counter() - t_start
     if checkpoint_dir:  # final weights beside the resume checkpoint, before the last report
         torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()},

@@ -50,6 +50,11 @@ def test_defaults_are_valid():
     ({"teacher": {"arch": "resnet8", "pretrained": "imagenet"}}, "teacher.pretrained",
      "resnet18"),
     ({"teacher": {"pretrained": "coco"}}, "teacher.pretrained", "null, imagenet"),
+    ({"train": {"channels_last": "yes"}}, "train.channels_last", "auto, true, false"),
+    ({"train": {"channels_last": 1}}, "train.channels_last", "auto, true, false"),
+    ({"train": {"channels_last": None}}, "train.channels_last", "auto, true, false"),
+    ({"train": {"precision": "fp16"}}, "train.precision", "auto, bf16, fp32"),
+    ({"train": {"precision": True}}, "train.precision", "auto, bf16, fp32"),
 ])
 def test_bad_values_name_key_and_allowed(raw, key, allowed):
     msg = err(raw)
@@ -69,6 +74,39 @@ def test_overrides_are_yaml_typed():
         trial_config({}, parse_overrides(["kd.alhpa=0.5"]))
     with pytest.raises(KDTuneError, match="expected key=value"):
         parse_overrides(["kd.alpha"])
+
+
+def test_cuda_switches_take_auto_or_a_forced_value():
+    cfg = trial_config({})
+    assert cfg.train.channels_last == "auto" and cfg.train.precision == "auto"
+    for text, value in (("true", True), ("false", False), ("auto", "auto")):
+        cfg = trial_config({}, parse_overrides([f"train.channels_last={text}"]))
+        assert cfg.train.channels_last == value  # yaml booleans stay booleans, not strings
+        assert type(cfg.train.channels_last) is type(value)
+    cfg = trial_config({}, parse_overrides(["train.precision=bf16"]))
+    assert cfg.train.precision == "bf16"
+    assert err({"train": {"channels_last": "yes"}}) == \
+        "train.channels_last: got 'yes'; allowed: auto, true, false"
+
+
+def test_union_types_accept_any_member_and_name_them_all():
+    from dataclasses import dataclass
+
+    from kdtune.config import build
+
+    @dataclass
+    class Section:
+        size: int | str = 1
+        ratio: float | None = None
+
+    assert build(Section, {"size": "big"}, "s").size == "big"
+    assert build(Section, {"size": 3}, "s").size == 3
+    assert build(Section, {"ratio": 1}, "s").ratio == 1.0
+    assert build(Section, {"ratio": None}, "s").ratio is None
+    with pytest.raises(KDTuneError, match=r"^s.size: expected an integer or a string, got 1.5$"):
+        build(Section, {"size": 1.5}, "s")
+    with pytest.raises(KDTuneError, match=r"^s.size: expected an integer or a string, got None$"):
+        build(Section, {"size": None}, "s")
 
 
 def test_yaml_syntax_error_is_one_line(tmp_path):

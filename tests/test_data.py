@@ -153,3 +153,20 @@ def test_no_augment_is_center_view_and_resize(tmp_path):
     # epoch order is a permutation: every image once
     seen = torch.cat([i for i, *_ in dd.train_batches(10, seed=1)])
     assert sorted(seen.tolist()) == list(range(dd.n_train)) and dd.n_train == 30
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batches_come_in_the_layout_asked_for(tmp_path, channels_last):
+    cfg = DataConfig(dataset="synthetic", val_size=10, synthetic_train=40, synthetic_test=10)
+    split = D.load_split(cfg, tmp_path)
+    plain = D.DeviceData(split, torch.device("cpu"))
+    dd = D.DeviceData(split, torch.device("cpu"), channels_last=channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    _, x, _, _ = next(dd.train_batches(8, seed=0))
+    _, x_plain, _, _ = next(plain.train_batches(8, seed=0))
+    val, _ = next(dd.eval_batches("val"))
+    view = dd.view_batch(torch.arange(4), 5)
+    for t in (x, val, view):  # 3 channels, so the two layouts cannot both hold
+        assert t.is_contiguous(memory_format=fmt) and not t.is_contiguous(
+            memory_format=torch.contiguous_format if channels_last else torch.channels_last)
+    assert torch.equal(x, x_plain)  # same values, only the memory order differs

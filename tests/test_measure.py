@@ -111,12 +111,12 @@ def test_measure_speed_cpu_restores_threads_mode_and_device():
     stats = measure_speed(model, "cpu", input_size=16, batch=4, warmup=1, runs=5, threads=1)
     assert set(stats) == {
         "latency_ms_b1", "latency_ms_b1_p90", "throughput_ips", "throughput_batch",
-        "measure_device", "measure_threads", "measure_precision",
+        "measure_device", "measure_threads", "measure_precision", "measure_channels_last",
     }
     assert 0 < stats["latency_ms_b1"] <= stats["latency_ms_b1_p90"]
     assert stats["throughput_ips"] > 0 and stats["throughput_batch"] == 4
     assert stats["measure_threads"] == 1
-    assert stats["measure_precision"] == "fp32"
+    assert stats["measure_precision"] == "fp32" and stats["measure_channels_last"] is False
     assert stats["measure_device"] == device_label("cpu")
     assert torch.get_num_threads() == threads_before
     assert model.training
@@ -179,7 +179,7 @@ def test_measure_speed_and_accuracy_on_cuda():
     model = create_model("resnet8")
     apply_pruning(model, 0.5)
     stats = measure_speed(model, "cuda", batch=8, warmup=2, runs=5)
-    assert stats["measure_precision"] == "bf16"
+    assert stats["measure_precision"] == "bf16" and stats["measure_channels_last"] is True
     assert stats["measure_device"].startswith("cuda:0 ")
     assert next(model.parameters()).device.type == "cpu"  # the caller's model did not move
     data = [(x.cuda(), y.cuda()) for x, y in batches_of(model, size=4)]

@@ -602,15 +602,28 @@ def test_resume_may_move_machine_local_paths_but_not_change_the_data(sweep_run):
     import dataclasses
 
     from kdtune.data import load_split
-    from kdtune.sweep import _check_same_data, _portable, resolve_paths
+    from kdtune.sweep import resolve_paths
+    from kdtune.sweep.resume import check_same_data, portable
 
     sw = load_sweep_config(sweep_run.space)
     base = resolve_paths(sw.base.to_dict())
     moved = copy.deepcopy(base)
     moved["cache_dir"], moved["data"]["root"] = "/elsewhere/cache", "/elsewhere/data"
-    assert _portable(moved) == _portable(base)  # another machine's paths: not a difference
+    assert portable(moved) == portable(base)  # another machine's paths: not a difference
     split = load_split(sw.base.data, base["cache_dir"])
-    _check_same_data(sw, base, split, sweep_run.dir)  # the data the teachers were keyed by
+    check_same_data(sw, base, split, sweep_run.dir)  # the data the teachers were keyed by
     other = load_split(dataclasses.replace(sw.base.data, synthetic_train=600), base["cache_dir"])
     with pytest.raises(KDTuneError, match="is not the data this sweep started with"):
-        _check_same_data(sw, base, other, sweep_run.dir)
+        check_same_data(sw, base, other, sweep_run.dir)
+
+
+def test_a_column_of_mixed_types_is_written_as_text_not_lost(tmp_path):
+    from kdtune.sweep.writer import write_parquet
+
+    df = pd.DataFrame({"train.channels_last": ["auto", True, None], "val_acc": [0.5, 1, None]})
+    write_parquet(df, tmp_path / "t.parquet")
+    back = pd.read_parquet(tmp_path / "t.parquet")
+    assert back["train.channels_last"].tolist()[:2] == ["auto", "True"]
+    assert pd.isna(back["train.channels_last"][2])
+    assert back["val_acc"].tolist()[:2] == [0.5, 1.0]
+

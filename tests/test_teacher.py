@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from kdtune import teacher as T
-from kdtune import trial as trial_mod
 from kdtune.config import trial_config
 from kdtune.data import DeviceData, load_split
 
@@ -44,7 +43,7 @@ def test_cache_hit_does_not_retrain_and_records_accuracy(tiny_raw, monkeypatch):
     cfg, split, dd = setup(tiny_raw)
     first = T.prepare_teacher(cfg, split, dd, want_views=False, log=lambda m: None)
     assert not first.cache_hit
-    monkeypatch.setattr(trial_mod, "fit", lambda *a, **k: pytest.fail("teacher retrained"))
+    monkeypatch.setattr(T, "fit", lambda *a, **k: pytest.fail("teacher retrained"))
     second = T.prepare_teacher(cfg, split, dd, want_views=False, log=lambda m: None)
     assert second.cache_hit and second.key == first.key
     assert second.val_acc == first.val_acc and 0 <= second.test_acc <= 1

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import SHARED_CIFAR
 
-from kdtune import teacher as teacher_mod
+from kdtune import trial as trial_mod
 from kdtune.cli import main
 from kdtune.config import trial_config
 from kdtune.trial import run_trial
@@ -35,6 +35,9 @@ def test_kd_prune_trial_end_to_end(tiny_raw, tmp_path):
     assert r["latency_ms_b1"] > 0 and r["latency_ms_b1_p90"] >= r["latency_ms_b1"]
     assert r["measure_device"].startswith("cpu") and r["measure_threads"] == 1
     assert r["teacher_val_acc"] is not None and r["epochs_trained"] == 3
+    # CPU and train.precision/channels_last: auto -> the plain fp32, contiguous path
+    assert r["precision"] == "fp32" and r["channels_last"] is False
+    assert r["measure_precision"] == "fp32" and r["measure_channels_last"] is False
     state = torch.load(tmp_path / "student.pt", weights_only=True)
     assert not any(k.endswith(("_orig", "_mask")) for k in state)
     convs = [v for k, v in state.items() if v.dim() == 4]
@@ -43,7 +46,7 @@ def test_kd_prune_trial_end_to_end(tiny_raw, tmp_path):
 
 
 def test_no_kd_baseline_needs_no_teacher(tiny_raw, monkeypatch):
-    monkeypatch.setattr(teacher_mod, "prepare_teacher",
+    monkeypatch.setattr(trial_mod, "prepare_teacher",
                         lambda *a, **k: pytest.fail("teacher built for alpha=0"))
     tiny_raw["kd"]["alpha"] = 0.0
     r = run_trial(trial_config(tiny_raw), **quiet)
@@ -132,3 +135,32 @@ def test_real_cifar10_jpeg_one_epoch_beats_chance(tmp_path):
     r = run_trial(cfg, **quiet)
     assert r["dataset_label"] == "CIFAR-10 (JPEG copy)"
     assert r["test_acc"] > 0.2, r["test_acc"]  # chance is 0.1
+
+
+def test_no_two_kdtune_modules_import_each_other():
+    """Function-local imports included: a late import hides a cycle, it does not remove it."""
+    import ast
+    from pathlib import Path
+
+    import kdtune
+
+    root = Path(kdtune.__file__).parent
+    imports: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        parts = ("kdtune", *path.relative_to(root).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = parts[:-1]  # what a relative import in this file starts from
+        found = imports.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[:len(package) - node.level + 1]) if node.level else ""
+                mod = ".".join(p for p in (base, node.module) if p)
+                found.add(mod)
+                found.update(f"{mod}.{a.name}" for a in node.names)  # `from . import measure`
+    pairs = sorted((a, b) for a in imports for b in imports[a] & set(imports)
+                   if a < b and a in imports.get(b, ()))
+    assert pairs == []
+    assert "kdtune.trial" not in imports["kdtune.teacher"]
+    assert "kdtune.train" in imports["kdtune.teacher"]

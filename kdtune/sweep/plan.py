@@ -1,0 +1,102 @@
+"""Planning a sweep from its validated config: which trials, teachers and baselines it implies,
+and how long a trial can run. Pure functions of the config: no Ray, no torch, so `kdtune
+validate` plans a sweep in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+
+from ..config import STEM_SHORTHAND, SweepConfig, TrialConfig, trial_config
+
+SEED_KEY = "seed"
+BASELINE_KEY = "is_baseline"
+GROUP_KEY = "student.arch"
+
+
+def resolve_paths(raw: dict) -> dict:
+    """Ray runs trials in other working directories: make paths absolute up front. A
+    `~/...` cache_dir stays as written: each node resolves it against its own home (a worker's
+    home is not the driver's), see kdtune.teacher.prepare_teacher."""
+    raw = copy.deepcopy(raw)
+    if raw["data"].get("root"):
+        raw["data"]["root"] = str(Path(raw["data"]["root"]).expanduser().resolve())
+    if not str(raw["cache_dir"]).startswith("~"):
+        raw["cache_dir"] = str(Path(raw["cache_dir"]).resolve())
+    return raw
+
+
+def expand(flat_config: dict) -> list[tuple[str, object]]:
+    """A trial's searched values as config overrides; `stem` sets both stems."""
+    out = []
+    for k, v in flat_config.items():
+        if k.startswith("__") or k in (BASELINE_KEY,):
+            continue
+        if k == STEM_SHORTHAND:
+            out += [("teacher.stem", v), ("student.stem", v)]
+        else:
+            out.append((k, v))
+    return out
+
+
+def trial_cfg(base: dict, flat_config: dict) -> TrialConfig:
+    return trial_config(base, expand(flat_config))
+
+
+def _values(spec) -> list:
+    return list(spec.values) if spec.values is not None else []
+
+
+def teacher_configs(sw: SweepConfig, base: dict) -> list[TrialConfig]:
+    """Every distinct teacher the space implies: the product of the listed values of the keys
+    that change a teacher (config checks refuse continuous ranges for them)."""
+    keys = [k for k in sw.space if k.startswith("teacher.") or k == STEM_SHORTHAND]
+    keys = [k for k in keys if k != "teacher.cache"]
+    combos = itertools.product(*[_values(sw.space[k]) for k in keys]) if keys else [()]
+    out = []
+    for combo in combos:
+        cfg = trial_cfg(base, dict(zip(keys, combo)))
+        cfg.kd.alpha = max(cfg.kd.alpha, 1e-6)  # teachers are for KD trials
+        out.append(cfg)
+    return out
+
+
+def baseline_configs(sw: SweepConfig) -> list[dict]:
+    """alpha=0 (no-KD) runs for each student arch x stem the space can produce, same budget."""
+    if not sw.search.baseline:
+        return []
+    arch = _values(sw.space[GROUP_KEY]) if GROUP_KEY in sw.space else [sw.base.student.arch]
+    if STEM_SHORTHAND in sw.space:
+        stems, stem_key = _values(sw.space[STEM_SHORTHAND]), STEM_SHORTHAND
+    elif "student.stem" in sw.space:
+        stems, stem_key = _values(sw.space["student.stem"]), "student.stem"
+    else:
+        stems, stem_key = [sw.base.student.stem], "student.stem"
+    return [{GROUP_KEY: a, stem_key: s, "kd.alpha": 0.0, BASELINE_KEY: True}
+            for a in arch for s in stems]
+
+
+def n_trials(sw: SweepConfig) -> int:
+    seeds = len(sw.search.seeds)
+    samples = sw.search.num_samples
+    if sw.search.sampler == "grid":
+        samples = 1
+        for spec in sw.space.values():
+            samples *= len(spec.values)
+    return (samples + len(baseline_configs(sw))) * seeds
+
+
+def max_epochs(sw: SweepConfig, base: dict) -> int:
+    """Longest trial the space allows: ASHA's max_t (epochs, fine-tune epochs and prune.ratio
+    may be searched; fine-tune epochs only run when something is pruned)."""
+    def highest(key, default):
+        if key not in sw.space:
+            return default
+        spec = sw.space[key]
+        return max(spec.values) if spec.values else spec.high
+
+    prunes = highest("prune.ratio", sw.base.prune.ratio) > 0
+    ft = int(highest("prune.finetune_epochs", sw.base.prune.finetune_epochs)) if prunes else 0
+    return int(highest("train.epochs", sw.base.train.epochs)) + ft
