@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,45 @@ def tiny_raw(tmp_path) -> dict:
     raw = copy.deepcopy(TINY)
     raw["cache_dir"] = str(tmp_path / "cache")
     return raw
+
+
+@contextlib.contextmanager
+def environ(**changes):
+    """os.environ with `changes` (None: unset), restored afterwards; for fixtures that outlive
+    one test (monkeypatch is per test), e.g. servers and clusters whose processes inherit it."""
+    saved = {k: os.environ.get(k) for k in changes}
+    try:
+        for k, v in changes.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class Interrupt(Exception):
+    """What a report callback raises to stop a trial mid-way, as a crash would."""
+
+
+def interrupt_then_resume(cfg, folder, stop_after: int):
+    """Run `cfg` until its report of epoch `stop_after` raises, then resume it from `folder`;
+    returns the resumed result and its log lines."""
+    from kdtune.trial import run_trial
+
+    def crash(row):
+        if row["epoch"] == stop_after:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_trial(cfg, report=crash, checkpoint_dir=folder, log=lambda m: None)
+    logs: list[str] = []
+    resumed = run_trial(cfg, checkpoint_dir=folder, resume_from=folder, log=logs.append)
+    assert any(f"resuming from epoch {stop_after}" in m for m in logs), logs
+    return resumed, logs
+

@@ -20,13 +20,13 @@ About a minute and a half on 2 CPUs.
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import environ
 from test_sweep import SWEEP_TIMEOUT, cli_env, kdtune_cmd, write_sweep
 
 from kdtune.errors import KDTuneError
@@ -132,20 +132,10 @@ def local_cluster(home: Path, head: dict, worker: dict):
     """A head and a worker node on this machine whose processes see HOME=home."""
     from ray.cluster_utils import Cluster
 
-    saved = {k: os.environ.get(k) for k in ("HOME", LOGICAL_GPUS_ENV, "RAY_ADDRESS")}
-    os.environ["HOME"] = str(home)
-    for k in (LOGICAL_GPUS_ENV, "RAY_ADDRESS"):
-        os.environ.pop(k, None)
-    try:
+    with environ(HOME=str(home), **{LOGICAL_GPUS_ENV: None, "RAY_ADDRESS": None}):
         cluster = Cluster(initialize_head=True, head_node_args=head, connect=False)
         cluster.add_node(**worker)
         cluster.wait_for_nodes()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     try:
         yield cluster
     finally:

@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from conftest import interrupt_then_resume
 from torch.nn.utils import prune as torch_prune
 
 from kdtune import teacher as teacher_mod
@@ -165,10 +166,6 @@ def test_view_cache_build(raw, monkeypatch):
 # --- resume ----------------------------------------------------------------------------------
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.fixture(scope="module")
 def resume_case(tmp_path_factory):
     raw = {
@@ -189,15 +186,7 @@ def resume_case(tmp_path_factory):
 def test_resume(resume_case, tmp_path, stop_after):
     cfg, full = resume_case
 
-    def crash(row):
-        if row["epoch"] == stop_after:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run_trial(cfg, report=crash, checkpoint_dir=tmp_path, **quiet)
-    logs = []
-    resumed = run_trial(cfg, checkpoint_dir=tmp_path, resume_from=tmp_path, log=logs.append)
-    assert any(f"resuming from epoch {stop_after}" in m for m in logs)
+    resumed, _ = interrupt_then_resume(cfg, tmp_path, stop_after)
     assert [h["train_loss"] for h in resumed["history"]] == \
         pytest.approx([h["train_loss"] for h in full["history"]], rel=1e-5)
     assert resumed["test_acc"] == full["test_acc"]

@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow.fs
 import pytest
 import yaml
+from conftest import environ
 from test_sweep import RESUME_SEARCH, SWEEP_TIMEOUT, cli_env, kdtune_cmd, write_sweep
 
 from kdtune.cli import main
@@ -76,20 +77,14 @@ def s3():
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    fs = pyarrow.fs.S3FileSystem(endpoint_override=endpoint, access_key="test",
-                                 secret_key="test", region="us-east-1",
-                                 allow_bucket_creation=True)
-    fs.create_dir(BUCKET)
     try:
-        yield SimpleNamespace(env=env, fs=fs)
+        with environ(**env):
+            fs = pyarrow.fs.S3FileSystem(endpoint_override=endpoint, access_key="test",
+                                         secret_key="test", region="us-east-1",
+                                         allow_bucket_creation=True)
+            fs.create_dir(BUCKET)
+            yield SimpleNamespace(env=env, fs=fs)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         server.stop()
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import SHARED_CIFAR
+from conftest import SHARED_CIFAR, interrupt_then_resume
 
 from kdtune import trial as trial_mod
 from kdtune.cli import main
@@ -64,10 +64,6 @@ def test_same_seed_same_numbers_and_seed_matters(tiny_raw):
     assert [h["train_loss"] for h in c["history"]] != [h["train_loss"] for h in a["history"]]
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("stop_after", [1, 3])  # mid-training, and mid-fine-tune
 def test_resume_continues_exactly(tiny_raw, tmp_path, stop_after):
     tiny_raw["teacher"]["cache"] = "none"
@@ -76,15 +72,7 @@ def test_resume_continues_exactly(tiny_raw, tmp_path, stop_after):
     cfg = trial_config(tiny_raw)
     full = run_trial(cfg, **quiet)
 
-    def crash(row):
-        if row["epoch"] == stop_after:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run_trial(cfg, report=crash, checkpoint_dir=tmp_path, **quiet)
-    logs = []
-    resumed = run_trial(cfg, checkpoint_dir=tmp_path, resume_from=tmp_path, log=logs.append)
-    assert any(f"resuming from epoch {stop_after}" in m for m in logs)
+    resumed, _ = interrupt_then_resume(cfg, tmp_path, stop_after)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
     assert [h["train_loss"] for h in resumed["history"]] == \
         pytest.approx([h["train_loss"] for h in full["history"]], rel=1e-5)

@@ -21,6 +21,7 @@ from ..config import load_sweep_config
 from ..data import load_split
 from ..errors import KDTuneError
 from ..storage import RAY_DIR, RunStore
+from ..teacher import teacher_key
 from ..trial import provenance, resolve_cache_mode
 from ._ray import ray, tune
 from .asha import make_scheduler
@@ -136,8 +137,6 @@ def prepare_teachers(sw, base: dict, split, split_ref, want_views: bool, use_gpu
     (nodes.teacher_task_options). `in_driver` (a CPU-only machine that is the whole cluster)
     prepares them in this process, which has torch loaded already, one after the other with
     all its CPUs."""
-    from ..teacher import teacher_key
-
     cfgs = {}
     for cfg in teacher_configs(sw, base):
         cfgs.setdefault(teacher_key(cfg, split), cfg)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import SweepConfig
 from ..errors import KDTuneError
 from ..results import NUMERIC_METRIC_COLUMNS
 from ..storage import RunStore, atomic_path
