@@ -271,9 +271,11 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
         # workers started for them.
         in_driver = not address and not gpus
         if address:
-            print(f"cluster: {len(nodes)} node(s) (" + "; ".join(
-                f"{n['Resources'].get('CPU', 0):g} CPU + {n['Resources'].get('GPU', 0):g} GPU"
-                for n in nodes) + "), versions checked, kdtune shipped to them", flush=True)
+            sizes = sorted((n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0))
+                           for n in nodes)  # Ray lists nodes in no fixed order
+            print(f"cluster: {len(nodes)} node(s) ("
+                  + "; ".join(f"{c:g} CPU + {g:g} GPU" for c, g in sizes)
+                  + "), versions checked, kdtune shipped to them", flush=True)
         teachers = prepare_teachers(sw, base, split, split_ref, cache_mode == "views",
                                     gpus > 0, run_dir, nodes, expected, in_driver=in_driver,
                                     verbose=verbose)
