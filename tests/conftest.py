@@ -37,20 +37,19 @@ def tiny_raw(tmp_path) -> dict:
 def environ(**changes):
     """os.environ with `changes` (None: unset), restored afterwards; for fixtures that outlive
     one test (monkeypatch is per test), e.g. servers and clusters whose processes inherit it."""
-    saved = {k: os.environ.get(k) for k in changes}
-    try:
-        for k, v in changes.items():
+    def apply(values: dict):
+        for k, v in values.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+    saved = {k: os.environ.get(k) for k in changes}
+    apply(changes)
+    try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        apply(saved)
 
 
 class Interrupt(Exception):
