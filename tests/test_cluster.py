@@ -158,7 +158,10 @@ def two_nodes(tmp_path_factory):
 def test_two_node_sweep_prepares_teachers_in_parallel_on_different_nodes(two_nodes):
     cluster, tmp = two_nodes
     (tmp / "driver-home").mkdir()
-    space = write_sweep(tmp, TWO_TEACHERS, Path("~/kdtune-cache"))  # each node's own home
+    # teachers long enough (8 epochs) that two workers starting a second or two apart on a
+    # busy machine still overlap when they run in parallel
+    space = write_sweep(tmp, TWO_TEACHERS, Path("~/kdtune-cache"),  # each node's own home
+                        teacher={"arch": "cnn4", "stem": "cifar", "epochs": 8, "batch_size": 64})
     out = tmp / "run"
     proc = run_cli("sweep", space, "--address", cluster.address, "--out", out,
                    HOME=str(tmp / "driver-home"))
@@ -209,7 +212,7 @@ def gpu_node(tmp_path_factory):
 def test_four_trials_share_one_logical_gpu_at_a_quarter_each(gpu_node):
     cluster, tmp = gpu_node
     space = write_sweep(tmp, PACKED, tmp / "cache", prune={"ratio": 0.0},
-                        train={"epochs": 3, "batch_size": 64, "lr": 0.05})
+                        train={"epochs": 5, "batch_size": 64, "lr": 0.05})  # long enough to overlap
     out = tmp / "run"
     proc = run_cli("sweep", space, "--address", cluster.address, "--out", out,
                    **{LOGICAL_GPUS_ENV: "1"})
