@@ -158,6 +158,32 @@ def bench_precision(cfg, split, device, steps: int) -> dict | None:
     return out
 
 
+def bench_bookkeeping(data: dict, device, batch_size: int) -> list[dict]:
+    """Per-epoch bookkeeping of one real Ray Tune trial per student (kdtune.sweep.epoch_cost),
+    and what measuring sizes every epoch, as before, added to it."""
+    from .sweep.epoch_cost import size_metrics_ms, trial_epoch_cost
+    from .sweep.plan import resolve_paths
+
+    rows = []
+    for arch in ("resnet20", "mobilenet_v3_small"):
+        cfg = trial_config({
+            "data": data, "student": {"arch": arch, "stem": "cifar"},
+            # 5 + 1 epochs: the median is of the epochs between the two size measurements
+            "train": {"epochs": 5, "batch_size": batch_size}, "kd": {"alpha": 0.0},
+            "prune": {"ratio": 0.3, "finetune_epochs": 1}, "measure": {"latency": False},
+            "device": device.type})
+        base = resolve_paths(cfg.to_dict())
+        split = load_split(cfg.data, base["cache_dir"])
+        cost = trial_epoch_cost(base, split, threads=torch.get_num_threads())
+        sizes = size_metrics_ms(arch, "cifar", split.num_classes, base)
+        rows.append({"model": f"{arch}/cifar", **cost, "size_metrics_ms": sizes,
+                     "bookkeeping_share": cost["bookkeeping_ms"] / cost["epoch_ms"],
+                     "before_ms": cost["bookkeeping_ms"] + sizes,
+                     "before_share": (cost["bookkeeping_ms"] + sizes)
+                     / (cost["epoch_ms"] + sizes)})
+    return rows
+
+
 def run_bench(args) -> dict:
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -179,7 +205,10 @@ def run_bench(args) -> dict:
     report = {"device": label, "data": split.label,
               "data_pipeline": bench_data(split, device, cfg.train.batch_size, steps),
               "teacher_cache": bench_teacher(cfg, split, device, steps),
-              "precision": bench_precision(cfg, split, device, steps)}
+              "precision": bench_precision(cfg, split, device, steps),
+              "bookkeeping": bench_bookkeeping(
+                  {**data, "val_size": 500, "train_subset": n_train}, device,
+                  cfg.train.batch_size)}
     d, t, p = report["data_pipeline"], report["teacher_cache"], report["precision"]
     print(f"{'what':<44}{'kdtune':>14}{'notebook way':>16}{'ratio':>8}")
     print(f"{'data: images/s (crop+flip+normalise)':<44}{d['images_per_s_kdtune']:>14.0f}"
@@ -194,6 +223,12 @@ def run_bench(args) -> dict:
     print(f"view cache: built in {t['view_cache_build_s']:.1f}s for {t['train_images']} images "
           f"x {t['views']} views; pays off once a sweep trains more than "
           f"{t['break_even_trial_epochs']:.0f} student epochs (trials x epochs)")
+    print(f"per-epoch bookkeeping of a sweep trial (sizes, checkpoint, tune.report to a local "
+          f"run folder), {len(split.y_train)} train images, on {label}:")
+    for r in report["bookkeeping"]:
+        print(f"  {r['model']:<28}{r['bookkeeping_ms']:>8.1f} ms = {r['bookkeeping_share']:.1%} "
+              f"of a {r['epoch_ms']:.0f} ms epoch; measuring sizes every epoch, as before: "
+              f"{r['before_ms']:.1f} ms = {r['before_share']:.1%}")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     return report

@@ -201,6 +201,14 @@ class SearchConfig:
     storage: str | None = _f(None, doc="local path or URI; default results/<name>")
     search_seed: int = _f(0, ge=0)
     measure_after: bool = _f(True, doc="re-measure latency of each completed student, alone")
+    checkpoint_every_s: float = _f(20.0, ge=0, doc="a trial writes its resume checkpoint once "
+                                   "this long has passed (and at the fine-tune's start and its "
+                                   "end); 0: every epoch. Each checkpoint costs a copy to the "
+                                   "run folder and a forced experiment snapshot; a trial that "
+                                   "is killed or moved redoes at most this much work")
+    max_failures: int = _f(2, ge=0, doc="a failed trial (its node lost, or an error) restarts "
+                           "from its last epoch checkpoint up to this many times; a "
+                           "deterministic error so costs max_failures+1 attempts")
 
 
 @dataclass

@@ -47,9 +47,11 @@ def model_size_mb(model: nn.Module) -> dict[str, float]:
     ``torch.save`` would write; compression is what turns pruned zeros into saved bytes on disk.
     """
     dense = sparse = 0
-    for _, t in effective_parameters(model):
+    tensors = [t for _, t in effective_parameters(model)]
+    # one host sync for all the counts, not one per tensor (each stalls a GPU's queue)
+    nonzeros = torch.stack([torch.count_nonzero(t) for t in tensors]).tolist() if tensors else []
+    for t, nnz in zip(tensors, nonzeros):
         n = t.numel()
-        nnz = int(torch.count_nonzero(t))
         dense += n * FP32_BYTES
         sparse += min(n * FP32_BYTES, nnz * (FP32_BYTES + _index_bytes(n)))
     buf = io.BytesIO()

@@ -77,6 +77,9 @@ REQUIRED_COLUMNS = ("trial_id", "status", "group", *CONFIG_COLUMNS, *NUMERIC_MET
 OPTIONAL_NUMERIC_COLUMNS = (
     "epochs_trained",
     "wall_s",
+    "restarts",
+    "bookkeeping_ms",
+    "epoch_ms",
     "teacher_val_acc",
     "params",
     "nonzero_params",
@@ -149,6 +152,9 @@ AGG_METRICS = (
     "sparsity_total",
     "epochs_trained",
     "wall_s",
+    "restarts",
+    "bookkeeping_ms",
+    "epoch_ms",
 )
 
 EPOCH_COLUMNS = ("trial_id", "epoch", "phase", "val_acc", "train_loss", "lr")

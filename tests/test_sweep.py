@@ -80,6 +80,12 @@ RESUME_SEARCH = {
     "seeds": [0],
     "search_seed": 1,
     "asha": {"grace_period": 1, "reduction_factor": 2},
+    # the injected failure must end its trial errored (and --resume rerun it), not be retried
+    # in place (tests/test_node_loss.py covers restarts)
+    "max_failures": 0,
+    # a checkpoint (and so a forced snapshot) every epoch: what the kills below cut into is
+    # then the last epoch, as these tests were written for (the default, 20 s, is coarser)
+    "checkpoint_every_s": 0,
 }
 RESUME_PLANNED = 7
 CONFIG_KEYS = ["kd.temperature", "kd.alpha", "student.arch", "student.stem", "prune.ratio"]
@@ -299,6 +305,42 @@ def test_progress_is_one_compact_line_per_event_without_ray_logs(sweep_run):
     last = progress[-1]
     assert re.search(r"completed \d+, stopped \d+, errored 0 of", last)
     assert "dashboard: " in lines[-1]
+
+
+
+def read_tensorboard_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} from a TensorBoard events file (TFRecord framing of Event protos:
+    length u64, its crc u32, the record, its crc u32), read with tensorboardX's protos."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    data, i, out = path.read_bytes(), 0, {}
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i:i + 8])
+        event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+        i += 12 + n + 4
+        for v in event.summary.value:
+            out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_ray_tunes_own_tools_read_the_run(sweep_run):
+    """`ExperimentAnalysis(RUN/ray)` and `tensorboard --logdir RUN/ray` see every trial."""
+    from ray.tune import ExperimentAnalysis
+
+    df = ExperimentAnalysis(str(sweep_run.dir / "ray")).dataframe()
+    assert sorted(df["trial_id"]) == sorted(sweep_run.trials["trial_id"])
+    done = sweep_run.trials.set_index("trial_id")
+    for _, r in df.iterrows():
+        assert r["val_acc"] == pytest.approx(done.loc[r["trial_id"], "val_acc"])
+    curves = 0
+    for events in (sweep_run.dir / "ray").glob("*/events.out.tfevents.*"):
+        scalars = read_tensorboard_scalars(events)
+        steps = [s for s, _ in scalars["ray/tune/val_acc"]]
+        assert steps == list(range(1, len(steps) + 1)), steps  # one point per epoch
+        curves += 1
+    assert curves == len(done)
 
 
 # --- resume -------------------------------------------------------------------------------------

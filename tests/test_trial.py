@@ -80,6 +80,42 @@ def test_resume_continues_exactly(tiny_raw, tmp_path, stop_after):
     assert resumed["sparsity_pruned"] == pytest.approx(0.3, abs=1e-3)
 
 
+def test_sizes_measured_only_when_they_can_change_but_reported_every_epoch(tiny_raw,
+                                                                          monkeypatch):
+    tiny_raw["teacher"]["cache"] = "none"
+    tiny_raw["train"]["epochs"] = 3
+    tiny_raw["prune"] = {"ratio": 0.5, "finetune_epochs": 2}
+    calls = []
+    real = trial_mod.measure.model_size_mb
+    monkeypatch.setattr(trial_mod.measure, "model_size_mb",
+                        lambda m: calls.append(1) or real(m))
+    rows = []
+    result = run_trial(trial_config(tiny_raw), report=rows.append, **quiet)
+    # at the start, after pruning, and once for the final (masks folded) model
+    assert len(calls) == 3
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5] and rows[-1].get("final")
+    sparse = [r["size_mb_sparse"] for r in rows]
+    assert sparse[0] == sparse[1] == sparse[2] > sparse[3] == sparse[4]  # pruned at epoch 4
+    assert result["size_mb_sparse"] == pytest.approx(sparse[3])
+    assert all(h["bookkeeping_ms"] >= 0 for h in result["history"])
+    assert result["epoch_ms"] > result["bookkeeping_ms"] > 0
+
+
+def test_checkpoint_every_s_bounds_checkpoints_but_keeps_phase_start_and_end(tiny_raw,
+                                                                             tmp_path):
+    tiny_raw["teacher"]["cache"] = "none"
+    tiny_raw["train"]["epochs"] = 3
+    tiny_raw["prune"] = {"ratio": 0.3, "finetune_epochs": 2}
+    cfg = trial_config(tiny_raw)
+    rows = []
+    run_trial(cfg, report=rows.append, checkpoint_dir=tmp_path, checkpoint_every_s=3600,
+              **quiet)
+    assert [r["checkpoint_saved"] for r in rows] == [False, False, False, True, True]
+    rows.clear()
+    run_trial(cfg, report=rows.append, checkpoint_dir=tmp_path / "every", **quiet)
+    assert all(r["checkpoint_saved"] for r in rows)  # 0, the default: every epoch
+
+
 def test_resume_refuses_other_config(tiny_raw, tmp_path):
     cfg = trial_config(tiny_raw)
     run_trial(cfg, checkpoint_dir=tmp_path, **quiet)

@@ -2,9 +2,12 @@
 start-up set first (a value the user exported wins):
 
 * trials keep the driver's working directory (config paths are made absolute anyway);
-* Tune writes no logger files of its own (kdtune writes Parquet);
 * the old-style output, the one `verbose` can silence;
 * nothing tries to reach the network (usage stats, uv).
+
+Tune's own per-trial loggers (result.json, progress.csv, TensorBoard events) stay on, beside
+kdtune's Parquet: they are what `ray.tune.ExperimentAnalysis(RUN/ray)` and
+`tensorboard --logdir RUN/ray` read.
 
 Every Ray-facing module of kdtune.sweep imports `ray` and `tune` from here, so these settings
 are in place whichever of them is imported first. Planning (kdtune.sweep.plan, and so
@@ -14,7 +17,6 @@ are in place whichever of them is imported first. Planning (kdtune.sweep.plan, a
 import os
 
 for _key, _value in (("RAY_CHDIR_TO_TRIAL_DIR", "0"), ("RAY_AIR_NEW_OUTPUT", "0"),
-                     ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"),
                      ("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0"), ("RAY_USAGE_STATS_ENABLED", "0")):
     os.environ.setdefault(_key, _value)
 

@@ -177,7 +177,8 @@ def check_trial_fits(nodes: list[dict], cpu: float, gpu: float) -> None:
                               for n in nodes}))
     raise KDTuneError(f"search.resources: a trial asks for {cpu:g} CPU + {gpu:g} GPU, which no "
                       f"node of this cluster has (nodes: {sizes}); lower search.resources.cpu "
-                      "or .gpu, or add a node that size")
+                      "or .gpu, or add a node that size (an autoscaling cluster/*.yaml "
+                      "cluster: start its GPU workers first, `python cluster/gpus.py N`)")
 
 
 def teacher_task_options(nodes: list[dict], use_gpu: bool) -> dict:

@@ -36,8 +36,9 @@ def _clean(metrics: dict) -> dict:
 
 
 def trainable(config: dict, split=None, teachers=None, base=None, cache_mode="none",
-              threads=1, expected=None):
-    """One run_trial with tune.report plugged in. `expected`: the driver's library versions."""
+              threads=1, expected=None, checkpoint_every_s=0.0):
+    """One run_trial with tune.report plugged in. `expected`: the driver's library versions;
+    `checkpoint_every_s`: search.checkpoint_every_s."""
     where = check_worker(expected)
     torch.set_num_threads(threads)
     cfg = trial_cfg(base, config)
@@ -59,12 +60,16 @@ def trainable(config: dict, split=None, teachers=None, base=None, cache_mode="no
             print(f"cannot restore {ckpt.path} ({e}); starting the trial over", flush=True)
 
     def report(metrics):
+        # a checkpoint only when the trial wrote a new one: Tune copies each to the run folder
+        # and forces an experiment snapshot for it
+        new = metrics.get("checkpoint_saved")
         tune.report({**_clean(metrics), **where},
-                    checkpoint=tune.Checkpoint.from_directory(str(work)))
+                    checkpoint=tune.Checkpoint.from_directory(str(work)) if new else None)
 
     try:
         run_trial(cfg, report=report, checkpoint_dir=work, resume_from=resume, split=split,
-                  teacher=teacher, cache_mode=cache_mode, log=print)
+                  teacher=teacher, cache_mode=cache_mode, log=print,
+                  checkpoint_every_s=checkpoint_every_s)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(resume_dir, ignore_errors=True)

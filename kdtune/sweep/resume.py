@@ -22,7 +22,9 @@ import json
 import pickle
 from pathlib import Path
 
-from ..config import SweepConfig
+import yaml
+
+from ..config import SearchConfig, SweepConfig, TrialConfig
 from ..errors import KDTuneError
 from ..storage import RunStore
 from ..teacher import teacher_key
@@ -40,6 +42,32 @@ def first_difference(a, b, prefix=""):
                 return d
         return None
     return None if a == b else prefix.rstrip(".")
+
+
+# Free-form mappings of a sweep.yaml: compared whole, never filled in key by key
+_LEAVES = ("search.space", "search.objectives")
+
+
+def defaults() -> dict:
+    """Every key's default, shaped as run_sweep writes sweep.yaml."""
+    s = SearchConfig()
+    return yaml.safe_load(yaml.safe_dump(
+        {**TrialConfig().to_dict(), "search": {**s.__dict__, "asha": s.asha.__dict__,
+                                               "resources": s.resources.__dict__}}))
+
+
+def with_defaults(stored: dict, default: dict | None = None, prefix: str = "") -> dict:
+    """A stored sweep.yaml with the keys it lacks set to their defaults: a sweep written before
+    a key existed (search.max_failures, say) ran as that key's default, so resuming it with
+    the default is no difference, and with another value is one."""
+    default = defaults() if default is None else default
+    out = copy.deepcopy(stored)
+    for k, v in default.items():
+        if k not in out:
+            out[k] = copy.deepcopy(v)
+        elif isinstance(v, dict) and isinstance(out[k], dict) and f"{prefix}{k}" not in _LEAVES:
+            out[k] = with_defaults(out[k], v, f"{prefix}{k}.")
+    return out
 
 
 # Where this machine keeps things: a sweep resumed elsewhere (its run folder at a URI) may have

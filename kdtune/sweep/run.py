@@ -30,7 +30,7 @@ from .nodes import (alive_nodes, check_cluster, check_gpu_assignment, check_tria
                     torch_build)
 from .plan import max_epochs, n_trials, resolve_paths, teacher_configs, trial_cfg
 from .remote import measure_jobs, prepare_one, trainable
-from .resume import check_same_data, first_difference, portable, restore_tuner
+from .resume import check_same_data, first_difference, portable, restore_tuner, with_defaults
 from .space import make_searcher, optuna_space
 from .writer import SNAPSHOT, ResultsWriter, fmt_t, write_json, write_parquet
 
@@ -44,6 +44,12 @@ def _working_dir(path: Path | None):
         yield
     finally:
         os.chdir(old)
+
+
+# Each trial keeps its last checkpoints; Tune forces a whole experiment snapshot (trial
+# table, searcher, our callback state) whenever a trial has written this many since the last
+# one, so that a snapshot never names a deleted checkpoint.
+CHECKPOINT_CONFIG = {"num_to_keep": 1}
 
 
 def _get(ref):
@@ -129,6 +135,24 @@ def _print_teacher(m: dict) -> None:
                                     if m["view_cache"] else ""), flush=True)
 
 
+def _keep_here(ref, meta: dict):
+    """A teacher prepared on another node, copied into this (the driver's) node's object
+    store; the task's own copy is freed with its ref.
+
+    Node loss: an object lives in the object store of the node that made it. Were that node
+    lost, Ray would rebuild the teacher by re-running its task (lineage reconstruction), which
+    needs a node's worth of CPUs (a GPU on a GPU cluster); but the trials waiting for the
+    teacher in ray.get hold theirs in Tune's placement groups, which a blocked actor does not
+    give back, and with reuse_actors they never let go between trials: once such trials hold
+    every CPU of the surviving nodes the rebuild never starts and the sweep hangs (seen:
+    tests/test_node_loss.py). The driver's node lives as long as the sweep, so a teacher kept
+    here is never lost and never rebuilt, whatever node dies, on any hardware."""
+    here = ray.get_runtime_context().get_node_id()[:8]
+    if f"({here})" in str(meta.get("node")):  # prepared on this node (nodes.node_label)
+        return ref
+    return ray.put(_get(ref))
+
+
 def prepare_teachers(sw, base: dict, split, split_ref, want_views: bool, use_gpu: bool,
                      run_dir: Path, nodes: list[dict], expected: dict, in_driver: bool = False,
                      verbose: bool = False) -> dict:
@@ -170,7 +194,7 @@ def prepare_teachers(sw, base: dict, split, split_ref, want_views: bool, use_gpu
             if pending and not ready:
                 print(f"preparing teachers: {len(metas)}/{len(refs)} done, "
                       f"{time.time() - t0:.0f}s", flush=True)
-        out = {k: r[1] for k, r in refs.items()}
+        out = {k: _keep_here(r[1], metas[k]) for k, r in refs.items()}
     if len(cfgs) > 1 and not in_driver:  # what preparing them in parallel bought
         own = sum(m["finished_at"] - m["started_at"] for m in metas.values())
         print(f"teachers ready in {time.time() - t0:.0f}s (their own times add up to "
@@ -206,7 +230,7 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
             stored = yaml.safe_load((run_dir / "sweep.yaml").read_text())
         except yaml.YAMLError:
             stored = None
-        diff = first_difference(portable(resolved), portable(stored)) \
+        diff = first_difference(portable(resolved), portable(with_defaults(stored))) \
             if isinstance(stored, dict) else "sweep.yaml"
         if diff:
             raise KDTuneError(f"--resume: {diff} differs from the sweep in {store} (its "
@@ -231,7 +255,9 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
     # would import that path's kdtune (stale, or another version, on a node that has a copy
     # there) instead of the shipped one, so ray.init runs from the run folder.
     with _working_dir(run_dir if address else None):
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
+        # "local": without --address, a Ray of its own, even where `ray start` (or a test's
+        # cluster) already runs on this machine, which Ray would otherwise join silently
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
                  runtime_env=runtime_env() if address else None,
                  logging_level=logging.INFO if verbose else logging.ERROR,
                  configure_logging=True, ignore_reinit_error=True)
@@ -282,7 +308,8 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
         store.push("teachers.json")
         fn = tune.with_parameters(trainable, split=split_ref, teachers=teachers, base=base,
                                   cache_mode=cache_mode, threads=max(1, int(r.cpu)),
-                                  expected=expected)
+                                  expected=expected,
+                                  checkpoint_every_s=sw.search.checkpoint_every_s)
         fn = tune.with_resources(fn, {"cpu": r.cpu, "gpu": gpu_frac})
         prov = provenance()
         searcher = make_searcher(sw)
@@ -296,8 +323,10 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
             name=RAY_DIR, storage_path=storage_path, storage_filesystem=storage_fs,
             verbose=2 if verbose else 0,
             callbacks=[writer],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0))
+            checkpoint_config=tune.CheckpointConfig(**CHECKPOINT_CONFIG),
+            # a trial whose node is lost (or that raises) restarts from its last epoch
+            # checkpoint, on any node, up to max_failures times (ResultsWriter.on_trial_recover)
+            failure_config=tune.FailureConfig(max_failures=sw.search.max_failures))
         if restore:
             print(f"resuming the sweep in {store}", flush=True)
             tuner = restore_tuner(store, fn, run_config, searcher, scheduler)

@@ -62,6 +62,20 @@ _RAY_KEYS = {"epoch", "phase", "final", "should_checkpoint", "dataset_label", "t
              "checkpoint_dir_name", "trial_id", "experiment_tag", "config"}
 
 
+def _failure_reason(trial) -> str:
+    """One line on why a trial failed, from the last failure in Tune's error file: the node
+    that was lost, or the exception's last line."""
+    try:
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:
+        text = ""
+    text = text.rsplit("Failure # ", 1)[-1]
+    lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip()]
+    node = [ln for ln in lines if "node" in ln.lower() and ("died" in ln or "dead" in ln)]
+    line = (node or lines or ["unknown error"])[0 if node else -1]
+    return line.split(". ")[0].rstrip(".")[:200]  # its first sentence
+
+
 class ResultsWriter(tune.Callback):
     """Writes trials.parquet / epochs.parquet as trials finish, asha_rungs.json, and the
     progress line. Its Tune snapshot state carries the scheduler's rungs (see GroupedASHA)."""
@@ -84,6 +98,7 @@ class ResultsWriter(tune.Callback):
         self.started: dict[str, float] = {}  # trial id -> when Tune started it (this process)
         self.rows: dict[str, dict] = {}
         self.epochs: dict[tuple, dict] = {}
+        self.restarts: dict[str, int] = {}  # trial id -> times Tune restarted it (max_failures)
         tp, ep = run_dir / "trials.parquet", run_dir / "epochs.parquet"
         if tp.exists():  # resume: what earlier runs recorded (reconciled in the first step)
             for r in pd.read_parquet(tp).to_dict("records"):
@@ -101,6 +116,7 @@ class ResultsWriter(tune.Callback):
         # the snapshot, so a resumed trial's history has no hole where a kill fell
         running = [r for (tid, _), r in self.epochs.items() if tid not in self.rows]
         state = {"version": 1, "epochs": copy.deepcopy(running),
+                 "restarts": dict(self.restarts),
                  "scheduler": self.scheduler.state() if self.scheduler is not None else None}
         self._write_snapshot(state)
         return state
@@ -138,6 +154,7 @@ class ResultsWriter(tune.Callback):
             self.scheduler.load_state(state["scheduler"])
         for r in state.get("epochs", []):
             self.epochs[(r["trial_id"], int(r["epoch"]))] = r
+        self.restarts.update(state.get("restarts") or {})
 
     # -- events --------------------------------------------------------------------------------
 
@@ -201,6 +218,32 @@ class ResultsWriter(tune.Callback):
         self.flush()
         self.progress(trials, force=True)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A trial failed (its node was lost, its worker died, it raised) and Tune restarts it
+        from its last checkpoint (search.max_failures): it reports again the epochs after
+        that checkpoint, which replace those it reported before under the same (trial id,
+        epoch) key; any it reported past the checkpoint are dropped now, so that a restart
+        stopped earlier (ASHA) or from an older checkpoint leaves no stale epoch behind."""
+        tid = trial.trial_id
+        self.restarts[tid] = self.restarts.get(tid, 0) + 1
+        ckpt = trial.latest_checkpoint_result
+        metrics = dict(ckpt.metrics or {}) if ckpt is not None else {}
+        epoch = int(metrics.get("epoch") or 0)
+        reached = max((k[1] for k in self.epochs if k[0] == tid), default=0)
+        node = (self.last.get(tid) or trial.last_result or {}).get("node")
+        for key in [k for k in self.epochs if k[0] == tid and k[1] > epoch]:
+            del self.epochs[key]
+        self.last[tid] = metrics or {"epoch": 0}  # what its row says until it reports again
+        if not self.quiet:
+            where = f"its epoch {epoch} checkpoint" if epoch else "the start"
+            if epoch and reached > epoch:
+                where += f", redoing epoch {reached}" if reached == epoch + 1 else \
+                    f", redoing epochs {epoch + 1}-{reached}"
+            print(f"[{self.name}] trial {tid} failed{f' on {node}' if node else ''} "
+                  f"({_failure_reason(trial)}); restarting it from {where} (restart "
+                  f"{self.restarts[tid]} of at most {self.sw.search.max_failures})", flush=True)
+        self.progress(trials, force=True)
+
     def on_trial_error(self, iteration, trials, trial, **info):
         msg = str(getattr(trial, "error_msg", None) or "error")
         try:
@@ -232,6 +275,7 @@ class ResultsWriter(tune.Callback):
         result = self.last.get(trial.trial_id) or trial.last_result or {}
         cfg = trial_cfg(self.base, trial.config)
         row = {"trial_id": trial.trial_id, "status": status, "error": error,
+               "restarts": self.restarts.get(trial.trial_id, 0),
                "group": cfg.student.arch,
                "epochs_trained": int(result.get("epoch", 0) or 0),
                "wall_s": result.get("wall_s", result.get("time_total_s")),
@@ -274,8 +318,14 @@ class ResultsWriter(tune.Callback):
     # -- files and progress --------------------------------------------------------------------
 
     def flush(self):
-        write_parquet(pd.DataFrame(list(self.rows.values())), self.run_dir / "trials.parquet")
-        write_parquet(pd.DataFrame(list(self.epochs.values())), self.run_dir / "epochs.parquet")
+        # an empty table still names its key columns, so a reader (or a resumed run) finds
+        # "no trial yet" rather than a table without columns
+        write_parquet(pd.DataFrame(list(self.rows.values()), columns=None if self.rows
+                                   else ["trial_id", "status"]),
+                      self.run_dir / "trials.parquet")
+        write_parquet(pd.DataFrame(list(self.epochs.values()), columns=None if self.epochs
+                                   else ["trial_id", "epoch"]),
+                      self.run_dir / "epochs.parquet")
         if self.scheduler is not None:
             write_json({"rungs": self.scheduler.rungs(), "stops": self.scheduler.decisions},
                        self.run_dir / "asha_rungs.json")
