@@ -158,9 +158,10 @@ def bench_precision(cfg, split, device, steps: int) -> dict | None:
     return out
 
 
-def bench_bookkeeping(data: dict, device, batch_size: int) -> list[dict]:
+def bench_bookkeeping(data: dict, split, device, batch_size: int) -> list[dict]:
     """Per-epoch bookkeeping of one real Ray Tune trial per student (kdtune.sweep.epoch_cost),
-    and what measuring sizes every epoch, as before, added to it."""
+    and what measuring sizes every epoch, as before, added to it. `split`: the bench's data,
+    already loaded from `data`."""
     from .sweep.epoch_cost import size_metrics_ms, trial_epoch_cost
     from .sweep.plan import resolve_paths
 
@@ -173,7 +174,6 @@ def bench_bookkeeping(data: dict, device, batch_size: int) -> list[dict]:
             "prune": {"ratio": 0.3, "finetune_epochs": 1}, "measure": {"latency": False},
             "device": device.type})
         base = resolve_paths(cfg.to_dict())
-        split = load_split(cfg.data, base["cache_dir"])
         cost = trial_epoch_cost(base, split, threads=torch.get_num_threads())
         sizes = size_metrics_ms(arch, "cifar", split.num_classes, base)
         rows.append({"model": f"{arch}/cifar", **cost, "size_metrics_ms": sizes,
@@ -207,7 +207,7 @@ def run_bench(args) -> dict:
               "teacher_cache": bench_teacher(cfg, split, device, steps),
               "precision": bench_precision(cfg, split, device, steps),
               "bookkeeping": bench_bookkeeping(
-                  {**data, "val_size": 500, "train_subset": n_train}, device,
+                  {**data, "val_size": 500, "train_subset": n_train}, split, device,
                   cfg.train.batch_size)}
     d, t, p = report["data_pipeline"], report["teacher_cache"], report["precision"]
     print(f"{'what':<44}{'kdtune':>14}{'notebook way':>16}{'ratio':>8}")

@@ -154,9 +154,9 @@ def check_cluster(expected: dict, run_dir: str | None) -> list[dict]:
             raise KDTuneError(f"{f['node']} offers Ray {gpus:g} GPU(s) but {f['build']} there "
                               "cannot see CUDA; install a CUDA build of torch on that node, or "
                               "start it without GPUs")
-        if f["cuda"] and f["logical_gpus"]:
-            raise KDTuneError(f"{LOGICAL_GPUS_ENV}=1 is a test-only switch and is refused on "
-                              f"{f['node']}, which has CUDA; unset it")
+        # the switch on a node with CUDA: refused by the same check every worker runs
+        check_gpu_assignment([], f["cuda"], f["node"], f["build"],
+                             env={LOGICAL_GPUS_ENV: "1"} if f["logical_gpus"] else {})
         if not f["sees_run_dir"]:
             raise KDTuneError(f"{f['node']} cannot see the run folder {run_dir}: on a cluster, "
                               "put it on storage every node reaches (--out s3://bucket/run, "
