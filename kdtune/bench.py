@@ -8,6 +8,10 @@ same device, one after the other, so machine load and clock speed cancel out as 
 2. teacher: student step time with logits read from the view cache vs a teacher forward per
    step, and the break-even point (trials x epochs) of building the cache.
 3. precision (CUDA only): bf16 autocast + channels_last vs fp32 student steps.
+4. bookkeeping: what a sweep trial spends per epoch outside training and validation.
+5. pruning: batch-1 latency and batch-256 throughput of resnet20 (CIFAR stem) and
+   mobilenet_v3_small, dense vs channel-pruned at 0.3 and 0.5 (and unstructured at 0.5, which
+   leaves dense kernels: the row that shows why the study needs channel pruning).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from .config import trial_config
 from .data import DeviceData, load_split, num_views
 from .losses import kd_loss
 from .models import create_model
+from .prune import apply_pruning, prune_channels
 from .teacher import build_view_cache
 from .train import (
     make_optimizer,
@@ -184,6 +189,56 @@ def bench_bookkeeping(data: dict, split, device, batch_size: int) -> list[dict]:
     return rows
 
 
+def bench_pruning(device, runs: int) -> list[dict]:
+    """Dense vs pruned students, timed as the sweep times them (measure.measure_speed: the
+    device's default precision and layout; 1 CPU thread, the sweep's measure.cpu_threads
+    default). Untrained weights: global scope on trained weights picks other channels, so a
+    trained student's widths, and its figures, differ a little at the same ratio."""
+    rows = []
+    x = torch.zeros(1, 3, 32, 32)
+    for arch in ("resnet20", "mobilenet_v3_small"):
+        for method, ratio in (("dense", 0.0), ("channel", 0.3), ("channel", 0.5),
+                              ("unstructured", 0.5)):
+            torch.manual_seed(0)
+            model = create_model(arch, 10, "cifar").eval()
+            cut = 0.0
+            if method == "channel":
+                cut = prune_channels(model, ratio, x, "global", round_to=8)
+            elif method == "unstructured":
+                apply_pruning(model, ratio, "global")
+                cut = ratio  # of the weights, not the channels
+            m = measure.measure_speed(model, device, batch=256, warmup=10, runs=runs,
+                                      threads=1 if device.type == "cpu" else None)
+            rows.append({"model": f"{arch}/cifar", "method": method, "ratio": ratio,
+                         "cut": cut, "params": measure.count_params(model)["params"],
+                         "flops": measure.count_flops(model),
+                         **{k: m[k] for k in ("latency_ms_b1", "latency_ms_b1_p10",
+                                              "latency_ms_b1_p90", "throughput_ips",
+                                              "measure_device", "measure_threads",
+                                              "measure_precision")}})
+    for r in rows:  # ratios against the dense student measured in this same run
+        dense = next(d for d in rows if d["model"] == r["model"] and d["method"] == "dense")
+        r["latency_ratio"] = r["latency_ms_b1"] / dense["latency_ms_b1"]
+        r["throughput_ratio"] = r["throughput_ips"] / dense["throughput_ips"]
+    return rows
+
+
+def print_pruning(rows: list[dict], label: str) -> None:
+    print(f"pruning: batch-1 latency and batch-256 throughput on {label} "
+          f"({rows[0]['measure_precision']}, {rows[0]['measure_threads']} thread(s) on CPU)")
+    print(f"  {'student':<28}{'pruning':<18}{'removed':>10}{'params':>10}{'MFLOPs':>8}"
+          f"{'b1 ms (p10-p90)':>22}{'x dense':>8}{'b256 img/s':>12}{'x dense':>8}")
+    for r in rows:
+        what = "dense" if r["method"] == "dense" else f"{r['method']} {r['ratio']:.1f}"
+        spread = f"{r['latency_ms_b1']:.3f} ({r['latency_ms_b1_p10']:.3f}-" \
+                 f"{r['latency_ms_b1_p90']:.3f})"
+        unit = {"channel": " of ch", "unstructured": " of wt"}.get(r["method"], "")
+        removed = f"{r['cut']:.0%}{unit}"
+        print(f"  {r['model']:<28}{what:<18}{removed:>10}{r['params']:>10,}"
+              f"{r['flops'] / 1e6:>8.1f}{spread:>22}{r['latency_ratio']:>7.2f}x"
+              f"{r['throughput_ips']:>12.0f}{r['throughput_ratio']:>7.2f}x")
+
+
 def run_bench(args) -> dict:
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -208,7 +263,8 @@ def run_bench(args) -> dict:
               "precision": bench_precision(cfg, split, device, steps),
               "bookkeeping": bench_bookkeeping(
                   {**data, "val_size": 500, "train_subset": n_train}, split, device,
-                  cfg.train.batch_size)}
+                  cfg.train.batch_size),
+              "pruning": bench_pruning(device, runs=200 if cuda else 100)}
     d, t, p = report["data_pipeline"], report["teacher_cache"], report["precision"]
     print(f"{'what':<44}{'kdtune':>14}{'notebook way':>16}{'ratio':>8}")
     print(f"{'data: images/s (crop+flip+normalise)':<44}{d['images_per_s_kdtune']:>14.0f}"
@@ -229,6 +285,7 @@ def run_bench(args) -> dict:
         print(f"  {r['model']:<28}{r['bookkeeping_ms']:>8.1f} ms = {r['bookkeeping_share']:.1%} "
               f"of a {r['epoch_ms']:.0f} ms epoch; measuring sizes every epoch, as before: "
               f"{r['before_ms']:.1f} ms = {r['before_share']:.1%}")
+    print_pruning(report["pruning"], label)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     return report

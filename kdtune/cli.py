@@ -67,7 +67,8 @@ def cmd_validate(args) -> int:
         sw = load_sweep_config(args.config)
         print(f"{args.config}: ok (sweep '{sw.search.name}': {len(sw.space)} searched keys, "
               f"{n_trials(sw)} trials incl. {len(baseline_configs(sw)) * len(sw.search.seeds)}"
-              f" no-KD baselines, {len(sw.search.seeds)} seed(s), "
+              f" fixed baseline runs (alpha = 0 and its KD twin), {len(sw.search.seeds)} "
+              "seed(s), "
               f"{len(teacher_configs(sw, sw.base.to_dict()))} teacher(s))")
     else:
         load_trial_config(args.config)

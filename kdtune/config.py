@@ -24,6 +24,7 @@ STEMS = ("standard", "cifar")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle")
 PRUNE_SCOPES = ("global", "layerwise")
+PRUNE_METHODS = ("unstructured", "channel")  # see kdtune/prune.py for what each can move
 TEACHER_CACHES = ("views", "none", "auto")
 PRETRAINED = (None, "imagenet")
 # auto: on for CUDA (where bf16 autocast and channels_last pay off), off for CPU. Forcing them on
@@ -114,8 +115,13 @@ class KDConfig:
 
 @dataclass
 class PruneConfig:
-    ratio: float = _f(0.0, ge=0, lt=1)
+    method: str = _f("unstructured", choices=PRUNE_METHODS,
+                     doc="unstructured: zero single weights (dense kernels: latency and dense "
+                         "size unchanged); channel: remove whole channels (narrower layers)")
+    ratio: float = _f(0.0, ge=0, lt=1, doc="fraction removed: of conv weights (unstructured) "
+                      "or of conv channels (channel)")
     scope: str = _f("global", choices=PRUNE_SCOPES)
+    round_to: int = _f(8, ge=1, doc="channel: kept widths are multiples of this (1: exact)")
     finetune_epochs: int = _f(0, ge=0)
     include_linear: bool = _f(False)
     finetune_lr: float | None = _f(None, gt=0, doc="default: train.lr / 10")
@@ -367,6 +373,9 @@ def _check_trial(cfg: TrialConfig) -> TrialConfig:
     if d.dataset == "imagefolder" and not d.root:
         raise KDTuneError("data.root: required for data.dataset: imagefolder "
                           "(a folder or .tar.gz holding train/<class>/ and test/<class>/)")
+    if cfg.prune.method == "channel" and cfg.prune.include_linear:
+        raise KDTuneError("prune.include_linear: applies to prune.method: unstructured only; "
+                          "channel pruning never cuts the output classifier")
     dev = cfg.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise KDTuneError(f"device: got {dev!r}; allowed: auto, cpu, cuda, cuda:N")

@@ -6,20 +6,20 @@ its own run folder when it ends. The page inlines plotly.js once and fetches not
 
 What the reader gets, top to bottom:
 
-* an answer box: best accuracy per latency budget (the Pareto front), whether KD beats the no-KD
-  baseline at equal budget and whether the CIFAR stem beats the standard one (differences with
-  95 % confidence intervals), what went wrong (errored trials);
-* accuracy vs latency and accuracy vs size with the front highlighted and joined, a 3-D view, and
-  a table of the front with checkpoint paths;
+* an answer box: best accuracy per latency budget (the Pareto front, budgets closer than the
+  timing spread merged), whether KD beats no KD like for like and whether the CIFAR stem beats
+  the standard one (differences with 95 % confidence intervals), what went wrong (errored trials);
+* accuracy vs latency (one chart per measured device) and accuracy vs size with the front
+  highlighted and joined, a 3-D view, and a table of the front with checkpoint paths;
 * parallel coordinates of the searched hyperparameters, ablation panels, ASHA learning curves;
 * every trial (stopped and errored ones marked) and the provenance.
 
 Accuracies are test accuracies in percent, averaged over seeds: each point is one distinct config
 (:func:`kdtune.results.aggregate_seeds`), error bars are 95 % CIs. Only completed trials can be on
-a front. Where a choice is made among configs (best KD config, best stem), it is made on
-*validation* accuracy and reported on *test* accuracy, so the comparison is not tuned on the test
-split. The course-lab exports (``report.json``, ``results.csv``) instead report the best test
-accuracy per kind, as the lab does.
+a front. Every choice among configs (the fronts, the budgets, best KD config, best stem) is made
+on *validation* accuracy and reported on *test* accuracy, so no choice is tuned on the test
+split. The course-lab exports (``report.json``'s ``families``, ``results.csv``) instead report
+the best test accuracy per kind, as the lab does.
 """
 
 from __future__ import annotations
@@ -42,13 +42,18 @@ from kdtune.results import (
     SIZE_COLUMN,
     aggregate_seeds,
     ci95_halfwidth,
+    config_columns,
     latency_column,
+    latency_device,
     latency_label,
+    latency_spread_columns,
+    latency_targets,
     load_epochs,
     load_runs,
     pareto_front,
     searched_keys,
     size_label,
+    sweep_names,
     welch_diff,
 )
 
@@ -61,6 +66,9 @@ CSV_COLUMNS = ("Variant", "Accuracy", "LatencyMs", "SizeMB")
 
 ACC = "test_acc"
 ACC_LABEL = "test accuracy (%)"
+#: What every choice among configs is made on: choosing on the test split would tune on it.
+SELECT = "val_acc_mean"
+CHOSEN_ON_VAL = "front chosen on validation accuracy; test accuracy shown"
 
 SHORT = {
     "student.arch": "student",
@@ -69,6 +77,8 @@ SHORT = {
     "kd.alpha": "α",
     "kd.label_smoothing": "ε (label smoothing)",
     "prune.ratio": "prune ratio",
+    "prune.method": "prune method",
+    "prune.round_to": "channel rounding",
     "prune.scope": "prune scope",
     "prune.finetune_epochs": "fine-tune epochs",
     "train.epochs": "epochs",
@@ -81,9 +91,11 @@ METRIC_LABELS = {
     "teacher_test_acc": ("teacher test accuracy", "%"),
     "teacher_val_acc": ("teacher validation accuracy", "%"),
     "latency_ms_b1_gpu": ("GPU latency, batch 1", "ms"),
+    "latency_ms_b1_gpu_p10": ("GPU latency p10, batch 1", "ms"),
     "latency_ms_b1_gpu_p90": ("GPU latency p90, batch 1", "ms"),
     "throughput_ips_gpu": ("GPU throughput", "images/s"),
     "latency_ms_b1_cpu": ("CPU latency, batch 1", "ms"),
+    "latency_ms_b1_cpu_p10": ("CPU latency p10, batch 1", "ms"),
     "latency_ms_b1_cpu_p90": ("CPU latency p90, batch 1", "ms"),
     "throughput_ips_cpu": ("CPU throughput", "images/s"),
     "size_mb_min": ("size (smaller of dense/sparse)", "MB"),
@@ -95,6 +107,7 @@ METRIC_LABELS = {
     "flops": ("FLOPs per image", ""),
     "sparsity_pruned": ("sparsity of pruned layers", "%"),
     "sparsity_total": ("sparsity, whole model", "%"),
+    "prune_ratio_achieved": ("pruned fraction achieved (channels or weights)", "%"),
     "epochs_trained": ("epochs trained", ""),
     "wall_s": ("wall time", "s"),
 }
@@ -145,6 +158,8 @@ def _value(key: str, x) -> str:
         return "—"
     if isinstance(x, bool | np.bool_):
         return "yes" if x else "no"
+    if key == "prune.ratio":
+        return f"{100 * float(x):.0f} %"
     if isinstance(x, int | float | np.integer | np.floating):
         return _num(x)
     return str(x)
@@ -165,19 +180,36 @@ def _metric(m: str, x, ci=None) -> str:
     return f"{text} {unit}".rstrip()
 
 
+def _no_kd(row) -> bool:
+    """No distillation: α = 0 makes the loss plain cross-entropy, whatever is_baseline says."""
+    return row.get("kd.alpha") == 0
+
+
+def _channel_pruned(row) -> bool:
+    ratio = row.get("prune.ratio")
+    return row.get("prune.method") == "channel" and not _isnan(ratio) and ratio > 0
+
+
+def _pruning(row) -> str:
+    ratio = row.get("prune.ratio")
+    if _isnan(ratio) or ratio == 0:
+        return "unpruned"
+    what = "channels" if _channel_pruned(row) else "weights"
+    return f"pruned {100 * ratio:.0f} % of {what}"
+
+
 def _config_label(row, *, arch: bool = True) -> str:
     parts = []
     if arch:
         parts.append(str(row.get("student.arch")))
     parts.append(f"{row.get('student.stem')} stem")
-    if bool(row.get("is_baseline")) or row.get("kd.alpha") == 0:
+    if _no_kd(row):
         parts.append("no KD")
     else:
         parts.append(f"T {_num(row.get('kd.temperature'))}, α {_num(row.get('kd.alpha'))}")
     if not _isnan(row.get("kd.label_smoothing")) and row.get("kd.label_smoothing"):
         parts.append(f"ε {_num(row.get('kd.label_smoothing'))}")
-    ratio = row.get("prune.ratio")
-    parts.append("unpruned" if _isnan(ratio) or ratio == 0 else f"pruned {100 * ratio:.0f} %")
+    parts.append(_pruning(row))
     return " · ".join(parts)
 
 
@@ -208,20 +240,53 @@ def _jsonable(x):
 
 
 @dataclass
+class _Latency:
+    """One measured latency target (a GPU or the CPU): its columns, axis title and front."""
+
+    target: str  # "gpu" or "cpu"
+    raw: str  # column of the trials table
+    label: str  # axis title, with unit and device
+    device: str  # where it was measured, e.g. "cpu Intel Xeon Platinum 8480, 1 thread"
+
+    @property
+    def col(self) -> str:  # column of agg
+        return f"{self.raw}_mean"
+
+    @property
+    def front_col(self) -> str:
+        return f"on_front_latency_{self.target}"
+
+    @property
+    def name(self) -> str:
+        return self.target.upper()
+
+
+@dataclass
 class _Data:
     run_dirs: list[Path]
     trials: pd.DataFrame
     epochs: pd.DataFrame
     agg: pd.DataFrame
     searched: list[str]
-    lat_raw: str | None  # latency column of the trials table
-    lat: str | None  # ..._mean column of agg
-    lat_label: str
+    latencies: list[_Latency]  # every measured target, GPU first; the first is the main one
     size: str | None  # ..._mean column of agg
     size_label: str
     arch_order: list[str]
+    names: list[str] = field(default_factory=list)  # the sweeps' names (search.name)
     notes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # where the runs live (a URI or a folder)
+
+    @property
+    def lat_raw(self) -> str | None:  # main latency column of the trials table
+        return self.latencies[0].raw if self.latencies else None
+
+    @property
+    def lat(self) -> str | None:  # main latency column of agg
+        return self.latencies[0].col if self.latencies else None
+
+    @property
+    def lat_label(self) -> str:
+        return self.latencies[0].label if self.latencies else ""
 
     @property
     def completed(self) -> pd.DataFrame:
@@ -259,12 +324,35 @@ class _Data:
             else symbols[0]
 
 
+def _front(agg: pd.DataFrame, minimize: list[str]) -> pd.Series:
+    """Pareto front chosen on validation accuracy among the configs that have a test accuracy
+    to show: choosing on the test accuracy it then reports would overstate the front."""
+    shown = agg[agg[f"{ACC}_mean"].notna()]
+    return pareto_front(shown, [SELECT], minimize).reindex(agg.index, fill_value=False)
+
+
+def _mark_fronts(data: _Data) -> None:
+    agg = data.agg
+    for lat in data.latencies:
+        agg[lat.front_col] = _front(agg, [lat.col])
+    agg["on_front_latency"] = agg[data.latencies[0].front_col] if data.latencies else False
+    agg["on_front_size"] = _front(agg, [data.size]) if data.size else False
+    agg["on_front_3d"] = _front(agg, [data.lat, data.size]) if data.lat and data.size else False
+    main = "on_front_latency" if data.lat else "on_front_size" if data.size else None
+    if main:
+        agg["on_front"] = agg[main]
+    else:  # one objective: the "front" is the best row by validation accuracy
+        val = agg[SELECT].where(agg[f"{ACC}_mean"].notna()).fillna(-np.inf)
+        agg["on_front"] = (val > -np.inf) & (val == val.max())
+
+
 def _prepare(run_dirs: Sequence[Path]) -> _Data:
     trials = load_runs(*run_dirs)
     epochs = load_epochs(*run_dirs, missing_ok=True)
     agg = aggregate_seeds(trials)
-    lat_raw = latency_column(trials[trials["status"] == "completed"])
-    lat = f"{lat_raw}_mean" if lat_raw else None
+    done = trials[trials["status"] == "completed"]
+    latencies = [_Latency(t, latency_column(done, t), latency_label(done, t),
+                          latency_device(done, t)) for t in latency_targets(done)]
     size = f"{SIZE_COLUMN}_mean" if not agg.empty and agg[f"{SIZE_COLUMN}_mean"].notna().any() \
         else None
     arch_order = list(dict.fromkeys(trials["student.arch"].dropna().astype(str)))
@@ -274,24 +362,14 @@ def _prepare(run_dirs: Sequence[Path]) -> _Data:
         epochs=epochs,
         agg=agg,
         searched=searched_keys(trials, run_dirs),
-        lat_raw=lat_raw,
-        lat=lat,
-        lat_label=latency_label(trials[trials["status"] == "completed"]) if lat_raw else "",
+        latencies=latencies,
         size=size,
         size_label=size_label(),
         arch_order=arch_order,
+        names=sweep_names(run_dirs),
     )
     if not agg.empty:
-        acc = f"{ACC}_mean"
-        agg["on_front_latency"] = pareto_front(agg, [acc], [lat]) if lat else False
-        agg["on_front_size"] = pareto_front(agg, [acc], [size]) if size else False
-        agg["on_front_3d"] = pareto_front(agg, [acc], [lat, size]) if lat and size else False
-        main = "on_front_latency" if lat else "on_front_size" if size else None
-        if main:
-            agg["on_front"] = agg[main]
-        else:  # one objective: the "front" is the best row
-            best = agg[acc].fillna(-np.inf)
-            agg["on_front"] = agg[acc].notna() & (best == best.max())
+        _mark_fronts(data)
     if len(set(trials["gpu_device"].dropna())) > 1 or len(set(trials["cpu_device"].dropna())) > 1:
         data.notes.append("Latencies were measured on more than one device: compare with care.")
     return data
@@ -309,6 +387,7 @@ class _Panel:
     figure: object | None = None  # plotly Figure, or None with a note
     note: str = ""
     height: int = 520
+    after: str = ""  # HTML shown under the figure (a table of what it compares)
 
 
 def _base_layout(fig, *, title: str | None = None, height: int = 520):
@@ -357,7 +436,7 @@ def _hover_agg(row, data: _Data) -> str:
         if not _isnan(ci) and abs(ci) <= 1e-9 * max(abs(mean), 1e-12):
             ci = None  # constant across seeds: no interval worth printing
         metrics.append(f"{label}: {_metric(m, mean, ci)}")
-    devices = [f"{c}: {row.get(c)}" for c in ("gpu_device", "cpu_device")
+    devices = [f"{c}: {row.get(c)}" for c in ("gpu_device", "cpu_device", "arch_signature")
                if not _isnan(row.get(c))]
     lines = [*head, "<i>config</i>", *(_e(x) for x in _wrap(config)),
              "<i>metrics, mean ± 95 % CI over seeds</i>",
@@ -384,6 +463,18 @@ def _teacher_hlines(fig, data: _Data, subplots: bool = False):
             fig.add_trace(trace)
 
 
+def _channel_mask(rows: pd.DataFrame) -> pd.Series:
+    """Rows that were channel-pruned (by a ratio > 0): the only pruning that moves latency."""
+    method = rows["prune.method"] if "prune.method" in rows else pd.Series(None, rows.index)
+    return (method == "channel") & (rows["prune.ratio"].fillna(0) > 0)
+
+
+def _prune_method_traces(sub: pd.DataFrame) -> list[tuple[bool, pd.DataFrame]]:
+    """(channel-pruned?, rows) pairs, dense-kernel rows first."""
+    channel = _channel_mask(sub)
+    return [(flag, sub[channel == flag]) for flag in (False, True) if (channel == flag).any()]
+
+
 def _front_scatter(data: _Data, x: str, front_col: str, x_label: str, title: str) -> object:
     import plotly.graph_objects as go
 
@@ -391,25 +482,29 @@ def _front_scatter(data: _Data, x: str, front_col: str, x_label: str, title: str
     fig = go.Figure()
     cmax = max(float(data.agg["prune.ratio"].max() or 0), 0.5)
     for arch in data.arch_order:
-        sub = agg[agg["student.arch"] == arch]
-        if sub.empty:
-            continue
-        on = sub[front_col].astype(bool).to_numpy()
-        fig.add_trace(go.Scatter(
-            x=sub[x], y=100 * sub[f"{ACC}_mean"], mode="markers", name=_e(arch),
-            legendgroup=arch,
-            marker=dict(symbol=data.arch_symbol(arch), size=np.where(on, 14, 10),
-                        color=sub["prune.ratio"], coloraxis="coloraxis",
-                        opacity=1.0, line=dict(color=np.where(on, "#000", "#fff").tolist(),
-                                               width=np.where(on, 2.0, 0.8).tolist())),
-            error_y=dict(type="data", array=(100 * sub[f"{ACC}_ci95"]).tolist(),
-                         thickness=1, width=3, color="rgba(90,90,90,0.6)"),
-            hovertext=[_hover_agg(r, data) for _, r in sub.iterrows()], hoverinfo="text",
-        ))
-    front = agg[agg[front_col].astype(bool)].sort_values([x, f"{ACC}_mean"])
+        for channel, sub in _prune_method_traces(agg[agg["student.arch"] == arch]):
+            on = sub[front_col].astype(bool).to_numpy()
+            symbol = data.arch_symbol(arch) + ("-open" if channel else "")
+            # An open symbol is drawn by its outline alone, so it keeps the prune-ratio colour
+            # there; the front is told apart by size (and the staircase) instead.
+            outline = (dict(width=2.5) if channel else
+                       dict(color=np.where(on, "#000", "#fff").tolist(),
+                            width=np.where(on, 2.0, 0.8).tolist()))
+            fig.add_trace(go.Scatter(
+                x=sub[x], y=100 * sub[f"{ACC}_mean"], mode="markers",
+                name=_e(arch) + (" · channel-pruned (open symbol)" if channel else ""),
+                legendgroup=arch,
+                marker=dict(symbol=symbol, size=np.where(on, 14, 10), color=sub["prune.ratio"],
+                            coloraxis="coloraxis", opacity=1.0, line=outline),
+                error_y=dict(type="data", array=(100 * sub[f"{ACC}_ci95"]).tolist(),
+                             thickness=1, width=3, color="rgba(90,90,90,0.6)"),
+                hovertext=[_hover_agg(r, data) for _, r in sub.iterrows()], hoverinfo="text",
+            ))
+    front = agg[agg[front_col].astype(bool)].sort_values([x, SELECT])
     if not front.empty:
         fig.add_trace(go.Scatter(
-            x=front[x], y=100 * front[f"{ACC}_mean"], mode="lines", name="Pareto front",
+            x=front[x], y=100 * front[f"{ACC}_mean"], mode="lines",
+            name="Pareto front (chosen on validation accuracy)",
             line=dict(color="#000", width=2, shape="hv"), hoverinfo="skip",
         ))
     # Trials that did not complete but still have both coordinates (rare): shown, marked.
@@ -426,7 +521,7 @@ def _front_scatter(data: _Data, x: str, front_col: str, x_label: str, title: str
         ))
     _teacher_hlines(fig, data)
     _base_layout(fig, height=560)
-    fig.update_layout(meta={"title": title}, margin=dict(t=80))
+    fig.update_layout(meta={"title": title, "subtitle": CHOSEN_ON_VAL}, margin=dict(t=80))
     fig.update_layout(
         coloraxis=dict(colorscale=PRUNE_SCALE, cmin=0, cmax=cmax,
                        colorbar=dict(title=dict(text="prune<br>ratio", side="top"),
@@ -436,27 +531,58 @@ def _front_scatter(data: _Data, x: str, front_col: str, x_label: str, title: str
     return fig
 
 
-def _panel_front(data: _Data, which: str) -> _Panel:
+def _pruning_note(rows: pd.DataFrame, what: str) -> str:
+    """Why pruning moves (or cannot move) the points of a chart along its cost axis."""
+    pruned = rows[rows["prune.ratio"].fillna(0) > 0]
+    channel = _channel_mask(pruned)
+    n_channel, n_weights = int(channel.sum()), int((~channel).sum())
+    if what == "latency":
+        dense = ("unstructured pruning zeroes single weights but leaves dense kernels, so it "
+                 "cannot change latency")
+        if not n_channel:
+            return (f"No configuration here was channel-pruned: {dense}, and points of one "
+                    "architecture and stem differ in latency only by timing noise.")
+        text = ("Channel pruning (open symbols) removes whole channels and so moves latency "
+                "and size.")
+        return text + (f" {dense[0].upper()}{dense[1:]}." if n_weights else "")
+    if n_channel:
+        return ("Channel pruning (open symbols) shrinks the dense model; unstructured pruning "
+                "only shrinks the sparse storage, which pays off once enough weights are zero.")
+    return ""
+
+
+def _panel_intro(data: _Data, rows: pd.DataFrame, cheaper: str, what: str) -> str:
     n_bad = int((data.trials["status"] != "completed").sum())
     tail = (f" {n_bad} stopped or errored trial{'s' if n_bad != 1 else ''} "
             "had no final measurement and cannot be on a front (see the learning curves and "
             "the trial table)." if n_bad else "")
-    common = ("Each point is one configuration, its test accuracy averaged over seeds (bar: "
-              "95 % confidence interval). Symbol = student architecture, colour = prune ratio. "
-              "Black outline and staircase = Pareto front: no other configuration is both more "
-              "accurate and {cheaper}. Hover a point for its full config and every metric."
-              + tail)
-    if which == "latency":
-        title = "Accuracy vs latency"
-        if data.agg.empty:
-            return _Panel("front_latency", title, "", note=_no_completed_note(data))
-        if not data.lat:
-            return _Panel("front_latency", title, "",
-                          note="No latency was measured in this sweep, so there is no "
-                               "accuracy/latency trade-off to show.")
-        fig = _front_scatter(data, data.lat, "on_front_latency", data.lat_label,
-                             "Test accuracy vs batch-1 latency")
-        return _Panel("front_latency", title, common.format(cheaper="faster"), fig, height=560)
+    return ("Each point is one configuration, its test accuracy averaged over seeds (bar: "
+            "95 % confidence interval). Symbol = student architecture, colour = prune ratio. "
+            f"Black outline and staircase = Pareto front, <b>{CHOSEN_ON_VAL}</b>: no other "
+            f"configuration has a higher validation accuracy and is {cheaper}. "
+            + _pruning_note(rows, what)
+            + " Hover a point for its full config and every metric." + tail)
+
+
+def _panel_latency(data: _Data, lat: _Latency | None, key: str) -> _Panel:
+    title = f"Accuracy vs {lat.name} latency" if lat else "Accuracy vs latency"
+    if data.agg.empty:
+        return _Panel(key, title, "", note=_no_completed_note(data))
+    if lat is None:
+        return _Panel(key, title, "",
+                      note="No latency was measured in this sweep, so there is no "
+                           "accuracy/latency trade-off to show.")
+    rows = data.agg[data.agg[lat.col].notna()]
+    fig = _front_scatter(data, lat.col, lat.front_col, lat.label,
+                         f"Test accuracy vs batch-1 {lat.name} latency")
+    text = _panel_intro(data, rows, "faster", "latency")
+    if "arch_signature" in rows and rows["arch_signature"].notna().any():
+        text += (" Configurations with the same architecture signature (architecture, stem, "
+                 "input size, widths) share one latency measurement.")
+    return _Panel(key, f"{title} — {lat.device}", text, fig, height=560)
+
+
+def _panel_size(data: _Data) -> _Panel:
     title = "Accuracy vs model size"
     if data.agg.empty:
         return _Panel("front_size", title, "", note=_no_completed_note(data))
@@ -464,14 +590,16 @@ def _panel_front(data: _Data, which: str) -> _Panel:
         return _Panel("front_size", title, "", note="No model size was measured in this sweep.")
     fig = _front_scatter(data, data.size, "on_front_size", data.size_label,
                          "Test accuracy vs model size")
-    return _Panel("front_size", title, common.format(cheaper="smaller"), fig, height=560)
+    rows = data.agg[data.agg[data.size].notna()]
+    return _Panel("front_size", title, _panel_intro(data, rows, "smaller", "size"), fig,
+                  height=560)
 
 
 def _panel_best_only(data: _Data) -> _Panel:
     """One objective (no latency, no size): rank the configurations by accuracy."""
     import plotly.graph_objects as go
 
-    agg = data.agg.dropna(subset=[f"{ACC}_mean"]).sort_values(f"{ACC}_mean").tail(30)
+    agg = data.agg.dropna(subset=[f"{ACC}_mean"]).sort_values([SELECT, f"{ACC}_mean"]).tail(30)
     fig = go.Figure(go.Scatter(
         x=100 * agg[f"{ACC}_mean"], y=[_config_label(r) for _, r in agg.iterrows()],
         mode="markers",
@@ -485,12 +613,14 @@ def _panel_best_only(data: _Data) -> _Panel:
         fig.add_vline(x=100 * acc, line=dict(color="#444", dash="dot"),
                       annotation_text=_e(label), annotation_position="bottom left")
     _base_layout(fig, height=max(320, 60 + 24 * len(agg)))
-    fig.update_layout(meta={"title": "Configurations ranked by test accuracy (best in red)"})
+    fig.update_layout(meta={"title": "Configurations ranked by validation accuracy, test "
+                                     "accuracy shown (chosen one in red)"})
     fig.update_layout(xaxis_title=f"{ACC_LABEL}, mean over seeds ± 95 % CI",
                       margin=dict(l=20), yaxis=dict(automargin=True))
     return _Panel("best_only", "Best configuration (accuracy is the only objective)",
                   "Neither latency nor size was measured, so there is no trade-off: the "
-                  "configurations are simply ranked by test accuracy.", fig,
+                  "configurations are ranked by validation accuracy (best at the top, in red) "
+                  "and shown with their test accuracy.", fig,
                   height=max(320, 60 + 24 * len(agg)))
 
 
@@ -524,7 +654,7 @@ def _panel_3d(data: _Data) -> _Panel:
     cmax = max(float(data.agg["prune.ratio"].max() or 0), 0.5)
     _base_layout(fig, height=620)
     fig.update_layout(
-        scene=dict(xaxis_title="latency (ms)", yaxis_title="size (MB)",
+        scene=dict(xaxis_title=_e(data.lat_label), yaxis_title="size (MB)",
                    zaxis_title="test accuracy (%)", camera=dict(eye=dict(x=1.6, y=-1.6, z=0.9))),
         coloraxis=dict(colorscale=PRUNE_SCALE, cmin=0, cmax=cmax,
                        colorbar=dict(title=dict(text="prune<br>ratio", side="top"),
@@ -532,8 +662,9 @@ def _panel_3d(data: _Data) -> _Panel:
         margin=dict(l=0, r=0, t=40, b=0),
     )
     return _Panel("front_3d", title,
-                  "Drag to rotate. Large outlined points are on the 3-objective front (nothing "
-                  "else is more accurate, faster and smaller at once). Axes: "
+                  "Drag to rotate. Large outlined points are on the 3-objective front, chosen on "
+                  "validation accuracy (nothing else has a higher validation accuracy and is "
+                  "faster and smaller at once); test accuracy shown. Axes: "
                   f"{_e(data.lat_label)}; {_e(data.size_label)}; test accuracy in %.",
                   fig, height=620)
 
@@ -606,10 +737,10 @@ def _panel_ablation(data: _Data) -> _Panel:
     if done.empty:
         return _Panel("ablation", title, "", note=_no_completed_note(data))
     params = [
-        ("kd.temperature", "KD temperature T (KD trials only)", done[~done["is_baseline"]]),
-        ("kd.alpha", "KD weight α (0 = no-KD baseline)", done),
+        ("kd.temperature", "KD temperature T (KD trials only)", done[done["kd.alpha"] > 0]),
+        ("kd.alpha", "KD weight α (0 = no KD)", done),
         ("kd.label_smoothing", "label smoothing ε", done),
-        ("prune.ratio", "prune ratio (fraction of weights removed)", done),
+        ("prune.ratio", "prune ratio (fraction of weights or channels removed)", done),
     ]
     fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in params],
                         horizontal_spacing=0.08, vertical_spacing=0.16)
@@ -686,42 +817,159 @@ def stem_comparisons(data: _Data) -> list[dict]:
     return out
 
 
-# Budget = what a trial is allowed to spend (architecture, stem, epochs), not its searched
-# hyperparameters: when prune.ratio is searched continuously the baselines (fixed ratio) would
-# otherwise never share a cell with a KD trial. The prune ratios of both sides are shown.
-BUDGET_KEYS = ("student.arch", "student.stem", "train.epochs", "prune.finetune_epochs")
+# A cell = what a trial is allowed to spend (architecture, stem, epochs, how it is pruned), not
+# its searched hyperparameters: when prune.ratio is searched continuously a fixed-ratio no-KD
+# config would otherwise never share a cell with a KD config. prune.method is part of the cell:
+# channel pruning changes the network and its latency, unstructured pruning does not.
+BUDGET_KEYS = ("student.arch", "student.stem", "train.epochs", "prune.finetune_epochs",
+               "prune.method")
+# Config columns that may differ between a KD config and its no-KD twin: at α = 0 the loss is
+# plain cross-entropy, so T is inert; is_baseline only says how the sweep scheduled the trial.
+KD_ONLY_KEYS = ("kd.alpha", "kd.temperature", "is_baseline")
+# What "held equal" names for twins, besides any other searched key.
+HELD_EQUAL = (("kd.label_smoothing", "label smoothing"), ("prune.ratio", "prune method/ratio"),
+              ("train.epochs", "epochs"))
+
+
+def _key(x):
+    return None if _isnan(x) else x  # NaN == NaN, for comparing configs
+
+
+def _twin_key(row, cols: list[str]) -> tuple:
+    """Everything a no-KD twin must share with a KD config: its config (α and T aside) and
+    its seeds."""
+    return (*(_key(row[c]) for c in cols), row["seeds"])
+
+
+def _n_configs(rows: pd.DataFrame, inert: Sequence[str]) -> int:
+    """How many distinct trainings the rows are: configs equal but for ``inert`` train alike."""
+    cols = [c for c in config_columns(rows) if c not in inert and c != "seed"]
+    return len(rows[cols].astype(str).drop_duplicates())
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _differences(a: pd.Series, b: pd.Series, cols: list[str]) -> list[str]:
+    """The settings in which two configs differ, e.g. ``"prune ratio 30 % vs 10 %"``."""
+    out = [f"{SHORT.get(c, c)} {_value(c, a[c])} vs {_value(c, b[c])}" for c in cols
+           if _key(a[c]) != _key(b[c])]
+    if a["seeds"] != b["seeds"]:
+        out.append(f"seeds {a['seeds']} vs {b['seeds']}")
+    return out
+
+
+def _held_equal(data: _Data) -> str:
+    covered = {"kd.alpha", "kd.temperature", "student.arch", "student.stem", "prune.method",
+               "prune.finetune_epochs", *(k for k, _ in HELD_EQUAL)}
+    names = [name for _, name in HELD_EQUAL]
+    names += [SHORT.get(k, k) for k in data.searched if k not in covered]
+    return ", ".join(names)
+
+
+def _twin_pair(kd: pd.DataFrame, no_kd: pd.DataFrame, cols: list[str]):
+    """(best KD config with a no-KD twin, its twin, number of KD configs with a twin) or None."""
+    twins: dict[tuple, list] = {}
+    for idx, row in no_kd.iterrows():
+        twins.setdefault(_twin_key(row, cols), []).append(idx)
+    has_twin = [_twin_key(row, cols) in twins for _, row in kd.iterrows()]
+    best = _best_by_val(kd[has_twin])
+    if best is None:
+        return None
+    twin = _best_by_val(no_kd.loc[twins[_twin_key(best, cols)]])
+    return best, twin, _n_configs(kd[has_twin], ("is_baseline",))
+
+
+def _kd_cell(data: _Data, kd: pd.DataFrame, no_kd: pd.DataFrame, cols: list[str]) -> dict:
+    """One KD vs no-KD comparison in a cell: twins when there are, else best against best.
+
+    ``how``: what was held equal (twins) or how many configs each side had and what differs;
+    ``pick``: how the KD side was picked; ``caveat``: why it is not like for like, if it is not.
+    """
+    twins = _twin_pair(kd, no_kd, cols)
+    n_no_kd = _n_configs(no_kd, KD_ONLY_KEYS)
+    if twins:
+        a, b, n_kd = twins
+        how = (f"same config and seeds, α = {_num(a['kd.alpha'])} vs 0 "
+               f"({_held_equal(data)} held equal)")
+        pick = ("the only KD config with a no-KD twin" if n_kd == 1 else
+                f"the best by validation of the {n_kd} KD configs with a no-KD twin")
+        return dict(kind="twins", a=a, b=b, n_kd=n_kd, n_no_kd=n_no_kd, untuned=False,
+                    differs=[], how=how, pick=pick, caveat="", short="twins")
+    a, b = _best_by_val(kd), _best_by_val(no_kd)
+    n_kd = _n_configs(kd, ("is_baseline",))
+    differs = _differences(a, b, cols)
+    how = (f"KD: best of {_plural(n_kd, 'config')}; no KD: best of {_plural(n_no_kd, 'config')}"
+           + (f"; the chosen configs differ in {', '.join(differs)}" if differs else
+              "; the chosen configs differ only in α and T"))
+    untuned = n_no_kd == 1 and n_kd > 1
+    return dict(kind="searched", a=a, b=b, n_kd=n_kd, n_no_kd=n_no_kd, untuned=untuned,
+                differs=differs, how=how, pick="both chosen on validation accuracy",
+                caveat=f"no-KD side untuned (1 config vs {n_kd})" if untuned else "",
+                short=f"{n_kd} vs {n_no_kd} configs")
+
+
+def _prune_short(a: pd.Series, b: pd.Series) -> str:
+    """Pruning of a pair in a few characters, for a chart's tick label."""
+    def ratio(r):
+        value = r.get("prune.ratio")
+        return f"{0 if _isnan(value) else 100 * value:.0f}"
+
+    if _pruning(a) == "unpruned" and _pruning(b) == "unpruned":
+        return "unpruned"
+    what = "chan." if _channel_pruned(a) or _channel_pruned(b) else "weights"
+    both = ratio(a) if ratio(a) == ratio(b) else f"{ratio(a)}/{ratio(b)}"
+    return f"{both} % {what}"
+
+
+def _cell_label(cell: dict, a: pd.Series, b: pd.Series, with_epochs: bool) -> str:
+    pruning = _pruning(a)
+    if _pruning(b) != pruning:
+        pruning = f"{_pruning(a)} (KD) / {_pruning(b).replace('pruned ', '')} (no KD)"
+    epochs = f" · {_num(cell.get('train.epochs'))} ep" if with_epochs else ""
+    return f"{cell['student.arch']} · {cell['student.stem']} stem · {pruning}{epochs}"
 
 
 def kd_comparisons(data: _Data) -> list[dict]:
-    """Per equal-budget cell (arch, stem, epochs, fine-tune epochs) holding both a
-    no-KD baseline and KD configs: the best of each kind (by validation), test acc. compared."""
-    out = []
+    """KD against no KD (kd.alpha = 0, whatever is_baseline says) per cell (:data:`BUDGET_KEYS`).
+
+    Twins first: a KD config and a no-KD config equal in every config column but α and T, with
+    the same seeds; the best such KD config (by validation accuracy) against its twin. Otherwise
+    the best KD config against the best no-KD config (both by validation accuracy), with how
+    many configs each side had and what differs. Test accuracies compared (Welch 95 % CI).
+    """
     agg = data.agg
     if agg.empty:
-        return out
+        return []
     keys = [k for k in BUDGET_KEYS if k in agg.columns]
-    several_budgets = agg["train.epochs"].nunique() > 1
-    for cell, grp in agg.groupby(keys, dropna=False, sort=False):
-        base = _best_by_val(grp[grp["is_baseline"].astype(bool)])
-        kd = _best_by_val(grp[~grp["is_baseline"].astype(bool)])
-        if base is None or kd is None:
+    cols = [c for c in config_columns(agg) if c not in (*KD_ONLY_KEYS, "seed", *keys)]
+    with_epochs = agg["train.epochs"].nunique() > 1
+    out = []
+    for values, grp in agg.groupby(keys, dropna=False, sort=False):
+        kd, no_kd = grp[grp["kd.alpha"] > 0], grp[grp["kd.alpha"] == 0]
+        if kd.empty or no_kd.empty:
             continue
-        diff, lo, hi = _comparison(kd, base)
-        cell = dict(zip(keys, cell, strict=True))
-        ratio = kd.get("prune.ratio")
-        base_ratio = base.get("prune.ratio")
-
-        def pruned(r):
-            return "0" if _isnan(r) or r == 0 else f"{100 * r:.0f}"
-
-        label = (f"{cell['student.arch']}<br>{cell['student.stem']} stem<br>"
-                 f"pruned {pruned(ratio)} % (KD) / {pruned(base_ratio)} % (no KD)"
-                 + (f" · {_num(cell.get('train.epochs'))} ep" if several_budgets else ""))
-        out.append(dict(arch=cell["student.arch"], label=label, a=kd, b=base, diff=diff, lo=lo,
-                        hi=hi, ratio=0.0 if _isnan(ratio) else float(ratio)))
+        cell = dict(zip(keys, values, strict=True))
+        pair = _kd_cell(data, kd, no_kd, cols)
+        diff, lo, hi = _comparison(pair["a"], pair["b"])
+        label = _cell_label(cell, pair["a"], pair["b"], with_epochs)
+        tick = (f"{cell['student.arch']}<br>{cell['student.stem']} stem<br>"
+                f"{_prune_short(pair['a'], pair['b'])}<br>{pair['short']}")
+        ratio = pair["a"].get("prune.ratio")
+        out.append(dict(pair, arch=cell["student.arch"], cell=cell, label=label, tick=tick,
+                        diff=diff, lo=lo, hi=hi, ratio=0.0 if _isnan(ratio) else float(ratio)))
     arch_rank = {a: i for i, a in enumerate(data.arch_order)}
     out.sort(key=lambda d: (arch_rank.get(d["arch"], 99), d["ratio"], d["label"]))
     return out
+
+
+def _kd_verdict(pair: dict) -> tuple[str, str]:
+    """(css class, sentence); a comparison against an untuned side gets no yes/no."""
+    if pair["caveat"]:
+        return "unsure", (f"not like for like, {pair['caveat']}: KD "
+                          f"{_diff_text(pair['diff'], pair['lo'], pair['hi'])}")
+    return _verdict(pair["diff"], pair["lo"], pair["hi"], "KD adds")
 
 
 def _pair_figure(data: _Data, pairs: list[dict], x_labels: list[str], names: tuple[str, str],
@@ -780,28 +1028,51 @@ def _panel_stem(data: _Data) -> _Panel:
                   "chart).", fig, height=460)
 
 
+def _kd_table(pairs: list[dict]) -> str:
+    headers = ["student · stem · pruning", "compared", "held equal / what differs",
+               "KD: test acc. (%)", "no KD: test acc. (%)", "KD − no KD (95 % CI)"]
+    rows = []
+    for p in pairs:
+        cls, verdict = _kd_verdict(p)
+        compared = ("twins" if p["kind"] == "twins" else "best vs best") + f": {p['pick']}"
+        rows.append([_e(p["label"]), _e(compared), _e(p["how"]),
+                     _e(_metric(ACC, p["a"][f"{ACC}_mean"], p["a"][f"{ACC}_ci95"])),
+                     _e(_metric(ACC, p["b"][f"{ACC}_mean"], p["b"][f"{ACC}_ci95"])),
+                     f"<span class='{cls}'>{_e(verdict)}</span>"])
+    return _table(headers, rows, "kd")
+
+
 def _panel_kd(data: _Data) -> _Panel:
-    title = "KD vs the no-KD baseline at equal budget"
+    title = "KD vs no KD, like for like"
     if data.agg.empty:
         return _Panel("kd_vs_baseline", title, "", note=_no_completed_note(data))
-    if not data.agg["is_baseline"].astype(bool).any():
+    if not (data.agg["kd.alpha"] == 0).any():
         return _Panel("kd_vs_baseline", title, "",
-                      note="This sweep has no no-KD baseline (no completed trial with kd.alpha = "
+                      note="This sweep has no no-KD trial (no completed trial with kd.alpha = "
                            "0), so whether distillation helps cannot be measured here. Add "
-                           "kd.alpha: 0 to the search space to get one.")
+                           "kd.alpha: 0 to the search space, or search.baseline: true.")
     pairs = kd_comparisons(data)
     if not pairs:
         return _Panel("kd_vs_baseline", title, "",
-                      note="The no-KD baselines and the KD trials never share a budget "
-                           "(student, stem, epochs, prune ratio), so they cannot be compared "
-                           "fairly.")
-    fig = _pair_figure(data, pairs, [p["label"] for p in pairs],
-                       ("KD (best T, α)", "no KD (α = 0)"), ("#2a9d8f", "#6c757d"))
-    fig.update_xaxes(title_text="equal budget: same student, stem and epochs")
+                      note="The no-KD (kd.alpha = 0) and the KD configurations never share a "
+                           "cell (student, stem, epochs, fine-tune epochs, prune method), so "
+                           "they cannot be compared fairly.")
+    fig = _pair_figure(data, pairs, [p["tick"] for p in pairs],
+                       ("KD (α > 0)", "no KD (α = 0)"), ("#2a9d8f", "#6c757d"))
+    fig.update_xaxes(title_text="same student, stem, epochs and prune method",
+                     tickfont=dict(size=11))
+    n_twins = sum(p["kind"] == "twins" for p in pairs)
     return _Panel("kd_vs_baseline", title,
-                  "Same student, stem, number of epochs and pruning: the best KD configuration "
-                  "against the best no-KD baseline (both chosen on validation accuracy, test "
-                  "accuracy shown ± 95 % CI over seeds).", fig, height=460)
+                  "Within each cell (same student, stem, epochs, fine-tune epochs and prune "
+                  "method) KD (α > 0) is compared with no KD (α = 0). <b>Twins</b> where a KD "
+                  "configuration has one: a no-KD configuration with every setting and the "
+                  "seeds equal, only α and the then inert T differ; the best such KD "
+                  "configuration by validation accuracy faces its twin. Otherwise <b>best vs "
+                  "best</b>: the best KD against the best no-KD configuration by validation "
+                  "accuracy, with how many configurations each side had. Test accuracy shown, "
+                  f"± 95 % CI over seeds. {n_twins} of {len(pairs)} comparisons here are "
+                  "twins; the table below says what each held equal.",
+                  fig, height=500, after=_kd_table(pairs))
 
 
 def _panel_curves(data: _Data) -> _Panel:
@@ -874,12 +1145,18 @@ def _no_completed_note(data: _Data) -> str:
 # Tables and the answer box
 
 
-def _verdict(diff, lo, hi, what: str) -> tuple[str, str]:
-    """(css class, sentence) for a difference in accuracy with its CI."""
+def _diff_text(diff, lo, hi) -> str:
     pp = f"{100 * diff:+.2f} pp"
     if _isnan(lo):
-        return "unsure", f"{pp} (no CI: needs ≥ 2 seeds on each side)"
-    ci = f"{pp}, 95 % CI [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+        return f"{pp} (no CI: needs ≥ 2 seeds on each side)"
+    return f"{pp}, 95 % CI [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+
+def _verdict(diff, lo, hi, what: str) -> tuple[str, str]:
+    """(css class, sentence) for a difference in accuracy with its CI."""
+    ci = _diff_text(diff, lo, hi)
+    if _isnan(lo):
+        return "unsure", ci
     if lo > 0:
         return "yes", f"yes: {what} {ci}"
     if hi < 0:
@@ -887,13 +1164,102 @@ def _verdict(diff, lo, hi, what: str) -> tuple[str, str]:
     return "unsure", f"no clear difference: {ci}"
 
 
-def _front_rows(data: _Data) -> pd.DataFrame:
-    if data.agg.empty or "on_front" not in data.agg:
+def _front_rows(data: _Data, front_col: str = "on_front", x: str | None = None) -> pd.DataFrame:
+    """The configs of a front, cheapest first (ties: best by validation accuracy first)."""
+    if data.agg.empty or front_col not in data.agg:
         return data.agg.iloc[0:0]
-    front = data.agg[data.agg["on_front"].astype(bool)]
-    x = data.main_x
-    return front.sort_values([x, f"{ACC}_mean"] if x else [f"{ACC}_mean"],
+    front = data.agg[data.agg[front_col].astype(bool)]
+    x = x or data.main_x
+    return front.sort_values([x, SELECT] if x else [SELECT],
                              ascending=[True, False] if x else [False])
+
+
+def _spread(row, x: str) -> tuple[float, float]:
+    """(low, high) of a cost: the p10..p90 of a latency where measured, else the median alone."""
+    mid = float(row[x])
+    lo_col, hi_col = latency_spread_columns(x) if x.startswith("latency_ms") else ("", "")
+    lo, hi = row.get(lo_col), row.get(hi_col)
+    return (mid if _isnan(lo) else min(float(lo), mid), mid if _isnan(hi) else max(float(hi), mid))
+
+
+def latency_budgets(front: pd.DataFrame, x: str) -> pd.DataFrame:
+    """The front as the budgets a user can pick from, cheapest first.
+
+    Walking the front by increasing cost ``x``, an entry whose measured spread (p10–p90)
+    overlaps the previous budget's is no new budget, since the two differ by timing noise: only
+    the better by validation accuracy is kept. Without p10/p90 only equal medians merge.
+    """
+    kept: list = []
+    for idx, row in front.sort_values([x, SELECT], ascending=[True, False]).iterrows():
+        kept.append(idx)
+        while len(kept) >= 2:
+            earlier, later = front.loc[kept[-2]], front.loc[kept[-1]]
+            (lo_a, hi_a), (lo_b, hi_b) = _spread(earlier, x), _spread(later, x)
+            if lo_b > hi_a or lo_a > hi_b:
+                break
+            kept[-2:] = [kept[-1] if later[SELECT] > earlier[SELECT] else kept[-2]]
+    return front.loc[kept]
+
+
+def _cost(x, ref) -> str:
+    """A cost with 3 significant digits of ``ref``, so a median and its spread align."""
+    decimals = max(0, 2 - math.floor(math.log10(abs(float(ref))))) if ref else 2
+    return f"{float(x):.{decimals}f}"
+
+
+def _spread_text(row, x: str) -> str:
+    if not x.startswith("latency_ms"):
+        return ""
+    lo, hi = (row.get(c) for c in latency_spread_columns(x))
+    if not _isnan(lo) and not _isnan(hi):
+        return f" (p10–p90 {_cost(lo, row[x])}–{_cost(hi, row[x])})"
+    return f" (p90 {_cost(hi, row[x])})" if not _isnan(hi) else ""
+
+
+def _budget_list(data: _Data, x: str, front_col: str, what: str, unit: str, where: str) -> str:
+    front = _front_rows(data, front_col, x)
+    rows = latency_budgets(front, x)
+    n_budgets = len(rows)
+    if len(rows) > 8:  # thin a long front out: keep both ends
+        idx = np.unique(np.linspace(0, len(rows) - 1, 8).round().astype(int))
+        rows = rows.iloc[idx]
+    lis = "".join(
+        f"<li>≤ <b>{_cost(r[x], r[x])} {unit}</b>{_spread_text(r, x)} → "
+        f"<b>{_pct(r[f'{ACC}_mean'], 2)}</b>"
+        + (f" ± {100 * r[f'{ACC}_ci95']:.2f}" if not _isnan(r[f"{ACC}_ci95"]) else "")
+        + f" <span class='cfg'>{_e(_config_label(r))}</span></li>"
+        for _, r in rows.iterrows())
+    notes = [f"{_e(where)}; {CHOSEN_ON_VAL}."]
+    if len(front) > n_budgets and what.endswith("latency"):
+        notes.append(f"{len(front) - n_budgets} front configuration"
+                     f"{'s' if len(front) - n_budgets != 1 else ''} within the timing spread "
+                     "(p10–p90) of a neighbour merged into the better one by validation "
+                     "accuracy: such budgets differ only by timing noise.")
+    if what.endswith("latency") and not any(_spread_text(r, x) for _, r in rows.iterrows()):
+        notes.append("No timing spread (p10/p90) was recorded: budgets are split at the median "
+                     "latency, so neighbouring ones may differ only by timing noise.")
+    return (f"<h3>Best test accuracy per {what} budget</h3><p class='cfg'>{' '.join(notes)}</p>"
+            f"<ul>{lis}</ul>")
+
+
+def _kd_answer(data: _Data) -> str:
+    head = "<h3>Does KD help?</h3>"
+    if not (data.agg["kd.alpha"] == 0).any():
+        return (head + "<p class='unsure'>Cannot tell: no no-KD trial (kd.alpha = 0) completed "
+                "in this sweep.</p>")
+    kd = kd_comparisons(data)
+    if not kd:
+        return (head + "<p class='unsure'>Cannot tell: the no-KD (kd.alpha = 0) and KD "
+                "configurations never share a cell (student, stem, epochs, prune method).</p>")
+    lis = []
+    for p in kd[:8]:
+        cls, text = _kd_verdict(p)
+        lis.append(f"<li class='{cls}'><b>{_e(p['label'])}</b>: {_e(text)} "
+                   f"<span class='cfg'>({_pct(p['a'][f'{ACC}_mean'], 2)} with KD vs "
+                   f"{_pct(p['b'][f'{ACC}_mean'], 2)} without; {_e(p['how'])})</span></li>")
+    more = f"<li>… {len(kd) - 8} more in the KD panel</li>" if len(kd) > 8 else ""
+    return ("<h3>Does KD help? (KD vs no KD per student, stem and pruning; configs chosen on "
+            f"validation accuracy, test accuracy compared)</h3><ul>{''.join(lis)}{more}</ul>")
 
 
 def _answer_box(data: _Data) -> str:
@@ -912,44 +1278,19 @@ def _answer_box(data: _Data) -> str:
         items.append("<p class='warn'>No trial completed: there is no front and no comparison. "
                      "See the learning curves and the errors in the trial table.</p>")
     else:
-        front = _front_rows(data)
-        if data.main_x:
-            x = data.main_x
-            what = "latency" if x == data.lat else "size"
-            unit = "ms" if what == "latency" else "MB"
-            rows = front
-            if len(rows) > 8:  # thin a long front out: keep both ends
-                idx = np.unique(np.linspace(0, len(rows) - 1, 8).round().astype(int))
-                rows = rows.iloc[idx]
-            lis = "".join(
-                f"<li>≤ <b>{_num(r[x], 3)} {unit}</b> → <b>{_pct(r[f'{ACC}_mean'], 2)}</b>"
-                + (f" ± {100 * r[f'{ACC}_ci95']:.2f}" if not _isnan(r[f"{ACC}_ci95"]) else "")
-                + f" <span class='cfg'>{_e(_config_label(r))}</span></li>"
-                for _, r in rows.iterrows())
-            items.append(f"<h3>Best test accuracy per {what} budget</h3><ul>{lis}</ul>")
+        if data.latencies:
+            items += [_budget_list(data, lat.col, lat.front_col, f"{lat.name} latency", "ms",
+                                   lat.label) for lat in data.latencies]
+        elif data.size:
+            items.append(_budget_list(data, data.size, "on_front_size", "size", "MB",
+                                      data.size_label))
         else:
-            best = front.iloc[0]
+            best = _front_rows(data).iloc[0]
             items.append(f"<h3>Best configuration</h3><p><b>{_pct(best[f'{ACC}_mean'], 2)}</b> "
                          f"<span class='cfg'>{_e(_config_label(best))}</span> (no latency or size "
-                         "measured: accuracy is the only objective)</p>")
-        kd = kd_comparisons(data)
-        if not data.agg["is_baseline"].astype(bool).any():
-            items.append("<h3>Does KD help?</h3><p class='unsure'>Cannot tell: no no-KD "
-                         "baseline (kd.alpha = 0) completed in this sweep.</p>")
-        elif not kd:
-            items.append("<h3>Does KD help?</h3><p class='unsure'>Cannot tell: baselines and KD "
-                         "trials never share a budget.</p>")
-        else:
-            lis = []
-            for p in kd[:8]:
-                cls, text = _verdict(p["diff"], p["lo"], p["hi"], "KD adds")
-                where = _e(p["label"].replace("<br>", " · "))
-                lis.append(f"<li class='{cls}'><b>{where}</b>: {_e(text)} "
-                           f"<span class='cfg'>({_pct(p['a'][f'{ACC}_mean'], 2)} with KD vs "
-                           f"{_pct(p['b'][f'{ACC}_mean'], 2)} without)</span></li>")
-            more = f"<li>… {len(kd) - 8} more in the KD panel</li>" if len(kd) > 8 else ""
-            items.append(f"<h3>Does KD help? (best KD vs best no-KD config, equal budget)</h3>"
-                         f"<ul>{''.join(lis)}{more}</ul>")
+                         "measured: accuracy is the only objective; chosen on validation "
+                         "accuracy, test accuracy shown)</p>")
+        items.append(_kd_answer(data))
         stems = stem_comparisons(data)
         if stems:
             lis = []
@@ -957,13 +1298,13 @@ def _answer_box(data: _Data) -> str:
                 cls, text = _verdict(p["diff"], p["lo"], p["hi"], "the CIFAR stem adds")
                 lat = ""
                 if data.lat:
-                    lat = (f"; latency {_num(p['a'][data.lat], 3)} vs "
+                    lat = (f"; {data.latencies[0].name} latency {_num(p['a'][data.lat], 3)} vs "
                            f"{_num(p['b'][data.lat], 3)} ms")
                 lis.append(f"<li class='{cls}'><b>{_e(p['arch'])}</b>: {_e(text)}"
                            f" <span class='cfg'>({_pct(p['a'][f'{ACC}_mean'], 2)} vs "
                            f"{_pct(p['b'][f'{ACC}_mean'], 2)}{lat})</span></li>")
-            items.append(f"<h3>Does the CIFAR stem help? (best config per stem)</h3>"
-                         f"<ul>{''.join(lis)}</ul>")
+            items.append(f"<h3>Does the CIFAR stem help? (best config per stem by validation "
+                         f"accuracy)</h3><ul>{''.join(lis)}</ul>")
     errored = t[t["status"] == "errored"]
     if not errored.empty:
         msgs = errored["error"].fillna("(no message)").astype(str).str.split("\n").str[0]
@@ -986,21 +1327,22 @@ def _front_table(data: _Data) -> str:
     front = _front_rows(data)
     if front.empty:
         return "<p class='note'>No front: no trial completed.</p>"
-    headers = ["#", "student", "stem", "T", "α", "ε", "prune", "test acc. (%) ± 95 % CI"]
-    if data.lat:
-        headers.append("latency (ms)")
+    headers = ["#", "student", "stem", "T", "α", "ε", "prune", "val. acc. (%) (chosen on)",
+               "test acc. (%) ± 95 % CI"]
+    headers += [f"{lat.name} latency (ms), p10–p90" for lat in data.latencies]
     if data.size:
         headers.append("size (MB)")
     headers += ["seeds", "checkpoint (best seed by val. acc.)"]
     rows = []
     for i, (_, r) in enumerate(front.iterrows(), 1):
         row = [str(i), _e(r["student.arch"]), _e(r["student.stem"]),
-               "—" if r["is_baseline"] else _num(r["kd.temperature"]),
+               "—" if _no_kd(r) else _num(r["kd.temperature"]),
                _num(r["kd.alpha"]), _num(r["kd.label_smoothing"]),
-               f"{100 * r['prune.ratio']:.0f} %" if not _isnan(r["prune.ratio"]) else "—",
+               _e(_pruning(r).replace("pruned ", "")),
+               _e(_metric("val_acc", r[SELECT])),
                _e(_metric(ACC, r[f"{ACC}_mean"], r[f"{ACC}_ci95"]))]
-        if data.lat:
-            row.append(_num(r[data.lat], 4))
+        row += [_cost(r[lat.col], r[lat.col]) + _e(_spread_text(r, lat.col))
+                for lat in data.latencies]
         if data.size:
             row.append(_num(r[data.size], 4))
         row += [_e(f"{int(r['n_seeds'])} ({r['seeds']})"),
@@ -1026,9 +1368,9 @@ def _trials_table(data: _Data) -> str:
     for _, r in t.iterrows():
         row = [_e(r["trial_id"]), f"<span class='badge {r['status']}'>{_e(r['status'])}</span>",
                _e(r["student.arch"]), _e(r["student.stem"]), _num(r["kd.temperature"]),
-               _num(r["kd.alpha"]), _num(r["kd.label_smoothing"]), _num(r["prune.ratio"]),
-               _num(r["seed"]), _num(r["epochs_trained"]), _pct(r["val_acc"], 2),
-               _pct(r[ACC], 2)]
+               _num(r["kd.alpha"]), _num(r["kd.label_smoothing"]),
+               _e(_pruning(r).replace("pruned ", "")), _num(r["seed"]),
+               _num(r["epochs_trained"]), _pct(r["val_acc"], 2), _pct(r[ACC], 2)]
         if lat:
             row.append(_num(r[lat], 4))
         row += [_num(r[SIZE_COLUMN], 4),
@@ -1053,7 +1395,7 @@ def provenance(data: _Data) -> dict:
         vals = [int(v) if isinstance(v, float) and v.is_integer() else v for v in vals]
         prov[col] = vals[0] if len(vals) == 1 else (vals or None)
     prov["runs"] = data.sources or [str(p) for p in data.run_dirs]
-    prov["latency_axis"] = data.lat_label or None
+    prov["latency_axis"] = "; ".join(lat.label for lat in data.latencies) or None
     try:
         from kdtune import __version__
     except ImportError:  # pragma: no cover
@@ -1096,6 +1438,47 @@ def _family_subset(done: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     return (unpruned, False) if not unpruned.empty else (done, True)
 
 
+def _report_entry(data: _Data, r: pd.Series) -> dict:
+    """One seed-averaged config as report.json lists it (front, budgets, comparisons)."""
+    entry = {
+        "config": {k: r[k] for k in data.agg.columns if "." in k or k == "is_baseline"},
+        "test_accuracy": 100 * r[f"{ACC}_mean"],
+        "test_accuracy_ci95": 100 * r[f"{ACC}_ci95"],
+        "val_accuracy": 100 * r[SELECT],
+        "latency_ms": r[data.lat] if data.lat else None,
+    }
+    for lat in data.latencies:
+        lo, hi = latency_spread_columns(lat.col)
+        entry[f"latency_ms_{lat.target}"] = r[lat.col]
+        entry[f"latency_ms_{lat.target}_p10"] = r.get(lo)
+        entry[f"latency_ms_{lat.target}_p90"] = r.get(hi)
+    entry.update({
+        "size_mb": r[data.size] if data.size else None,
+        "arch_signature": r.get("arch_signature"),
+        "n_seeds": r["n_seeds"],
+        "seeds": r["seeds"],
+        "trial_ids": r["trial_ids"].split(";"),
+        "checkpoint": r["best_checkpoint"],
+    })
+    return entry
+
+
+def _report_kd(data: _Data, p: dict) -> dict:
+    return {
+        "cell": p["cell"],
+        "kind": p["kind"],
+        "like_for_like": not p["untuned"],
+        "how": p["how"],
+        "n_kd_configs": p["n_kd"],
+        "n_no_kd_configs": p["n_no_kd"],
+        "differs": p["differs"],
+        "diff_pp": 100 * p["diff"],
+        "ci95_pp": [100 * p["lo"], 100 * p["hi"]],
+        "kd": _report_entry(data, p["a"]),
+        "no_kd": _report_entry(data, p["b"]),
+    }
+
+
 def build_report(data: _Data, png: dict | None = None) -> dict:
     """The report.json document (see the module docstring for the selection rules)."""
     t = data.trials
@@ -1103,7 +1486,7 @@ def build_report(data: _Data, png: dict | None = None) -> dict:
     families = {}
     for arch in data.arch_order:
         fam, pruned = _family_subset(done[done["student.arch"] == arch])
-        with_kd, without = fam[~fam["is_baseline"]], fam[fam["is_baseline"]]
+        with_kd, without = fam[fam["kd.alpha"] > 0], fam[fam["kd.alpha"] == 0]
         bw, bwo = _best_test(with_kd), _best_test(without)
         teacher = t.loc[t["student.arch"] == arch, "teacher_test_acc"].dropna()
         families[arch] = {
@@ -1116,35 +1499,38 @@ def build_report(data: _Data, png: dict | None = None) -> dict:
             "trial_without_kd": bwo["trial_id"] if bwo is not None else None,
             "includes_pruned": pruned,
         }
-    front = []
-    for _, r in _front_rows(data).iterrows():
-        entry = {
-            "config": {k: r[k] for k in data.agg.columns if "." in k or k == "is_baseline"},
-            "test_accuracy": 100 * r[f"{ACC}_mean"],
-            "test_accuracy_ci95": 100 * r[f"{ACC}_ci95"],
-            "latency_ms": r[data.lat] if data.lat else None,
-            "size_mb": r[data.size] if data.size else None,
-            "n_seeds": r["n_seeds"],
-            "seeds": r["seeds"],
-            "trial_ids": r["trial_ids"].split(";"),
-            "checkpoint": r["best_checkpoint"],
-        }
-        front.append(entry)
+    front = [_report_entry(data, r) for _, r in _front_rows(data).iterrows()]
+    budgets = {lat.target: [_report_entry(data, r) for _, r in latency_budgets(
+        _front_rows(data, lat.front_col, lat.col), lat.col).iterrows()]
+        for lat in data.latencies} if not data.agg.empty else {}
     counts = t["status"].value_counts()
     prov = provenance(data)
     report = {
+        "name": data.names,
         "units": {
-            "accuracy": "percent (0-100) on the test split",
+            "accuracy": "percent (0-100) on the test split (validation split where named)",
             "latency_ms": data.lat_label or "not measured",
+            **{f"latency_ms_{lat.target}": lat.label for lat in data.latencies},
             "size_mb": data.size_label,
         },
         "selection": {
             "families": "best test accuracy among completed trials of the student arch, "
                         "unpruned only unless the family has no unpruned trial "
                         "(includes_pruned); with KD = kd.alpha > 0, without = kd.alpha == 0",
-            "front": "Pareto front of seed-averaged completed configs: max accuracy, min "
-                     + ("latency" if data.lat else "size") if data.main_x else
-                     "no latency or size measured: the front is the most accurate config",
+            "front": "Pareto front of seed-averaged completed configs chosen on validation "
+                     "accuracy (max val_acc, min "
+                     + ("latency" if data.lat else "size") + "); test accuracy reported"
+                     if data.main_x else
+                     "no latency or size measured: the front is the config with the highest "
+                     "validation accuracy; test accuracy reported",
+            "latency_budgets": "per latency target, its front by increasing latency; an entry "
+                               "whose p10-p90 spread overlaps the previous budget's is merged "
+                               "into the better one by validation accuracy",
+            "kd_vs_no_kd": "per cell (student, stem, epochs, fine-tune epochs, prune method): "
+                           "the best KD config (kd.alpha > 0) with a no-KD twin (same config "
+                           "and seeds, kd.alpha = 0) against its twin, else the best KD config "
+                           "against the best no-KD config; chosen on validation accuracy, "
+                           "test accuracy compared (Welch 95 % CI, percentage points)",
         },
         "dataset": prov.get("data.label"),
         "dataset_kind": prov.get("data.dataset"),
@@ -1154,9 +1540,11 @@ def build_report(data: _Data, png: dict | None = None) -> dict:
         "trials": {"total": len(t), **{s: int(counts.get(s, 0))
                                        for s in ("completed", "stopped", "errored")}},
         "families": families,
-        "front_objectives": ["max test_acc"] + (
+        "front_objectives": ["max val_acc"] + (
             [f"min {data.lat_raw}"] if data.lat else [f"min {SIZE_COLUMN}"] if data.size else []),
         "front": front,
+        "latency_budgets": budgets,
+        "kd_vs_no_kd": [_report_kd(data, p) for p in kd_comparisons(data)],
         "provenance": prov,
     }
     if png is not None:
@@ -1183,7 +1571,7 @@ def results_rows(data: _Data) -> list[dict]:
         rows.append({"Variant": "Teacher", "Accuracy": 100 * teacher.mean(),
                      "LatencyMs": tl.mean() if len(tl) else None,
                      "SizeMB": ts.mean() if len(ts) else None})
-    kd = data.completed[~data.completed["is_baseline"]]
+    kd = data.completed[data.completed["kd.alpha"] > 0]
     pruned = kd["prune.ratio"].fillna(0) > 0
     for name, subset in (("KD student", kd[~pruned]), ("Pruned KD student", kd[pruned])):
         best = _best_test(subset)
@@ -1196,8 +1584,8 @@ def results_rows(data: _Data) -> list[dict]:
 
 def report_label(data: _Data) -> str:
     labels = list(dict.fromkeys(data.trials["data.label"].dropna().astype(str)))
-    runs = ", ".join(p.name or str(p) for p in data.run_dirs)
-    return f"{'; '.join(labels) or 'unknown dataset'} · {runs}"
+    name = ", ".join(data.names) or ", ".join(p.name or str(p) for p in data.run_dirs)
+    return f"{'; '.join(labels) or 'unknown dataset'} · {name}"
 
 
 def _write_png(data: _Data, fig, path: Path) -> dict:
@@ -1210,14 +1598,18 @@ def _write_png(data: _Data, fig, path: Path) -> dict:
         return {"written": False, "reason": "kaleido is not installed"}
     try:
         static = type(fig)(fig)
-        title = (static.layout.meta or {}).get("title") if isinstance(static.layout.meta, dict) \
-            else None
-        static.update_layout(width=1200, height=680, margin=dict(t=110),
+        meta = static.layout.meta if isinstance(static.layout.meta, dict) else {}
+        title, subtitle = meta.get("title"), meta.get("subtitle")
+        # the legend (architectures × prune method, front, teacher) can take three rows: room
+        # for them under a two-line title
+        static.update_layout(width=1200, height=720, margin=dict(t=170),
                              legend=dict(y=1.02, yanchor="bottom"))
         if title:
-            label = report_label(data)
-            static.update_layout(title=dict(text=f"{_e(title)} — {_e(label)}", x=0.01, y=0.97,
-                                            font=dict(size=17)))
+            text = f"{_e(title)} — {_e(report_label(data))}"
+            if subtitle:
+                text += f"<br><span style='font-size:13px'>{_e(subtitle)}</span>"
+            static.update_layout(title=dict(text=text, x=0.01, y=0.96, yanchor="top",
+                                            yref="container", font=dict(size=17)))
         static.write_image(str(path), format="png", scale=1.5)
     except Exception as exc:  # kaleido raises its own types when no Chrome can be started
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -1256,7 +1648,7 @@ table { border-collapse: collapse; font-size: 13px; width: 100%; }
 th, td { border-bottom: 1px solid var(--line); padding: 5px 8px; text-align: left;
          vertical-align: top; }
 th { background: #f0f3f8; position: sticky; top: 0; }
-table.front td:nth-child(8) { font-weight: 600; white-space: nowrap; }
+table.front td:nth-child(9) { font-weight: 600; white-space: nowrap; }
 code { font-size: 12px; } code.path { word-break: break-all; }
 table.prov td:first-child { width: 220px; color: var(--muted); }
 details summary { cursor: pointer; font-weight: 600; padding: 6px 0; }
@@ -1276,12 +1668,20 @@ def _panel_html(panel: _Panel) -> tuple[str, int]:
                       div_id=f"fig-{panel.key}", config=PLOTLY_CONFIG, default_width="100%",
                       default_height=f"{panel.height}px")
     return (f"<section id='{panel.key}' data-kdtune-figure='{panel.key}'>{head}"
-            f"<p class='expl'>{panel.explanation}</p>{div}</section>", 1)
+            f"<p class='expl'>{panel.explanation}</p>{div}{panel.after}</section>", 1)
+
+
+def _latency_panels(data: _Data) -> list[_Panel]:
+    """One accuracy/latency chart per measured target (keyed by device when there are two)."""
+    if len(data.latencies) <= 1:
+        return [_panel_latency(data, data.latencies[0] if data.latencies else None,
+                               "front_latency")]
+    return [_panel_latency(data, lat, f"front_latency_{lat.target}") for lat in data.latencies]
 
 
 def build_panels(data: _Data) -> list[_Panel]:
     if data.agg.empty or data.main_x:
-        main = [_panel_front(data, "latency"), _panel_front(data, "size")]
+        main = [*_latency_panels(data), _panel_size(data)]
     else:
         main = [_panel_best_only(data)]
     return [*main, _panel_3d(data), _panel_parcoords(data), _panel_ablation(data),
@@ -1299,12 +1699,14 @@ def render_html(data: _Data, panels: list[_Panel], report: dict) -> str:
         n_figs += n
         sections.append((p.key, text))
     sec = dict(sections)
-    main_keys = [k for k in ("front_latency", "front_size", "best_only") if k in by_key]
+    main_keys = [k for k in by_key if k.startswith("front_latency")
+                 or k in ("front_size", "best_only")]
     parts.append(_answer_box(data))
     parts += [sec[k] for k in main_keys]
     parts.append(f"<section id='front-table'><h2>The front: what to deploy</h2><p class='expl'>"
-                 f"Configurations on the Pareto front of the first chart, cheapest first, with "
-                 f"the checkpoint of their best seed.</p>{_front_table(data)}</section>")
+                 f"Configurations on the Pareto front of the first chart ({CHOSEN_ON_VAL}), "
+                 f"cheapest first, with the checkpoint of their best seed.</p>"
+                 f"{_front_table(data)}</section>")
     parts.append(sec["front_3d"])
     parts.append(sec["parcoords"])
     parts.append(sec["ablation"])
@@ -1319,6 +1721,9 @@ def render_html(data: _Data, panels: list[_Panel], report: dict) -> str:
     label = report.get("dataset") or "unknown dataset"
     label = ", ".join(label) if isinstance(label, list) else label
     runs = ", ".join(p.name or str(p) for p in data.run_dirs)
+    name = ", ".join(data.names) or runs
+    folders = "run folder" + ("s" if len(data.run_dirs) != 1 else "")
+    latency = "; ".join(lat.label for lat in data.latencies) or "not measured"
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     jpeg = (" <b>Accuracies are on the JPEG copy of the data set, not the original "
             "images.</b>" if "jpeg" in str(label).lower() else "")
@@ -1328,12 +1733,13 @@ def render_html(data: _Data, panels: list[_Panel], report: dict) -> str:
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="kdtune-figures" content="{n_figs}">
-<title>kdtune · {_e(runs)}</title>
+<title>{_e(name)}</title>
 <style>{CSS}</style>
 <script type="text/javascript">{po.get_plotlyjs()}</script>
 </head><body><main>
-<header><h1>Knowledge distillation + pruning sweep: {_e(runs)}</h1>
-<p>Dataset: <b>{_e(label)}</b>.{jpeg} Latency: {_e(data.lat_label or 'not measured')}.</p>
+<header><h1>{_e(name)}</h1>
+<p>kdtune knowledge distillation + pruning sweep · {_e(folders)}: {_e(runs)}</p>
+<p>Dataset: <b>{_e(label)}</b>.{jpeg} Latency: {_e(latency)}.</p>
 <p>Generated {now} · exports next to this file: {exports}</p></header>
 {''.join(parts)}
 <footer>kdtune dashboard · self-contained: works offline</footer>
@@ -1373,9 +1779,9 @@ def write_dashboard(
     except OSError as exc:
         raise KDTuneError(f"cannot create {out_path.parent}: {exc.strerror}") from None
     panels = build_panels(data)
-    main_fig = panels[0].figure if panels[0].figure is not None else None
-    if main_fig is None and len(panels) > 1 and panels[1].key == "front_size":
-        main_fig = panels[1].figure
+    # the first latency chart, else the size chart (nothing when neither could be drawn)
+    main_fig = next((p.figure for p in panels if p.figure is not None
+                     and (p.key.startswith("front_latency") or p.key == "front_size")), None)
     png_info = (_write_png(data, main_fig, out_path.parent / PNG_NAME) if png
                 else {"written": False, "reason": "PNG export not requested"})
     if png and not png_info["written"] and not quiet:

@@ -14,6 +14,7 @@ published ImageNet checkpoint, so asking for one is a user mistake.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.error import URLError
@@ -270,3 +271,108 @@ class CNN4(nn.Module):
 @register_model("cnn4")
 def _cnn4(num_classes, stem, state):
     return CNN4(num_classes, stem)
+
+
+# --- saving and reloading students, pruned or not ----------------------------------------------
+
+STUDENT_FORMAT = "kdtune-student/1"
+
+
+def save_student(model: nn.Module, path, arch: str, stem: str) -> None:
+    """Weights plus what rebuilds them: arch, stem, class count, and every layer's width.
+
+    Only tensors, strings and numbers, so :func:`load_student` reads it with
+    ``torch.load(weights_only=True)``; nothing pickled can run code on load. Masks must be
+    folded in first (``prune.make_permanent``) for a deployable file; a state with masks still
+    reloads (see :func:`rebuild_student`).
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"format": STUDENT_FORMAT, "arch": arch, "stem": stem,
+                "num_classes": _num_classes(state), "widths": layer_widths(model),
+                "state_dict": state}, path)
+
+
+def load_student(path, arch: str | None = None, stem: str | None = None,
+                 map_location="cpu") -> nn.Module:
+    """The student saved at ``path`` as an ``nn.Module`` in eval mode, pruned or not.
+
+    Channel-pruned students have narrower layers than ``create_model`` builds; the widths come
+    from the saved tensors' shapes (see :func:`rebuild_student`), never from pickled modules.
+    ``arch``/``stem`` are needed only for a plain ``state_dict`` file (kdtune before 0.2).
+    """
+    try:
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KDTuneError(f"{path}: cannot read a student checkpoint ({first})") from None
+    if isinstance(saved, dict) and saved.get("format") == STUDENT_FORMAT:
+        arch, stem, state = saved["arch"], saved["stem"], saved["state_dict"]
+    elif arch is None or stem is None:
+        raise KDTuneError(f"{path}: a plain state_dict without arch and stem; pass "
+                          "load_student(path, arch=..., stem=...)")
+    else:
+        state = saved
+    return rebuild_student(arch, stem, state).eval()
+
+
+def rebuild_student(arch: str, stem: str, state: dict[str, torch.Tensor]) -> nn.Module:
+    """``create_model(arch, stem=stem)`` resized to the widths in ``state``, with it loaded.
+
+    Pruning only ever narrows Conv2d, BatchNorm2d and Linear layers, so each of those takes its
+    sizes from its own tensors: a conv's out/in channels from its weight (a depthwise conv, whose
+    groups equal its input channels, keeps groups = channels), a batch norm's features from its
+    weight, a linear's features from its weight. A state saved mid-fine-tune of unstructured
+    pruning (``weight_orig`` + ``weight_mask``) gets identity masks first, so the masks load too.
+    A layer of any other kind whose shape differs fails in ``load_state_dict``, by name.
+    """
+    from torch.nn.utils import prune as torch_prune
+
+    model = create_model(arch, num_classes=_num_classes(state), stem=stem)
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        weight = state.get(prefix + "weight_orig", state.get(prefix + "weight"))
+        if weight is None:
+            continue
+        if isinstance(module, nn.Conv2d):
+            depthwise = module.groups > 1 and module.groups == module.in_channels
+            module.out_channels = weight.shape[0]
+            module.groups = weight.shape[0] if depthwise else module.groups
+            module.in_channels = weight.shape[1] * module.groups
+        elif isinstance(module, nn.BatchNorm2d):
+            module.num_features = weight.shape[0]
+            for buf in ("running_mean", "running_var"):
+                setattr(module, buf, torch.empty(weight.shape[0]))
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = weight.shape
+        else:
+            continue
+        module.weight = nn.Parameter(torch.empty(weight.shape))
+        if getattr(module, "bias", None) is not None:
+            module.bias = nn.Parameter(torch.empty(weight.shape[0]))
+        if prefix + "weight_mask" in state:
+            torch_prune.identity(module, "weight")
+    model.load_state_dict(state)
+    return model
+
+
+def _num_classes(state: dict[str, torch.Tensor]) -> int:
+    # the last weight of every registry model is its classifier's: (classes, features)
+    key = next(k for k in reversed(state) if k.endswith("weight") or k.endswith("weight_orig"))
+    return int(state[key].shape[0])
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output width of every conv and linear layer: what channel pruning changed."""
+    return {name: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def architecture_signature(model: nn.Module, arch: str, stem: str, input_size: int) -> str:
+    """Equal for students that deploy as the same network: arch, stem, input size and layer
+    widths. Unstructured pruning leaves the widths alone, so it keeps the unpruned signature;
+    such students share one latency measurement (their kernels are the same)."""
+    import hashlib
+    import json
+
+    widths = hashlib.sha256(json.dumps(layer_widths(model)).encode()).hexdigest()[:10]
+    return f"{arch}|{stem}|{input_size}px|w{widths}"

@@ -8,6 +8,11 @@ A sweep writes two Parquet files into its run folder:
   ``size_mb_sparse`` in MB = 1e6 bytes, ...) and the provenance (``git_sha``, library versions).
 * ``epochs.parquet``: one row per trial and epoch (``val_acc``, ``train_loss``, ``lr``).
 
+Newer sweeps also write ``prune.method`` ("unstructured" or "channel"; an older run, which lacks
+it, pruned unstructured), ``prune.round_to``, ``prune_ratio_achieved``, the spread of each latency
+(``latency_ms_b1_<gpu|cpu>_p10``/``_p90``) and ``arch_signature`` (architecture|stem|input
+size|widths: trials with the same signature share one latency measurement).
+
 This module turns one or several run folders into one DataFrame (:func:`load_runs`,
 :func:`load_epochs`), averages the seeds of each distinct config (:func:`aggregate_seeds`) and
 finds the non-dominated rows (:func:`pareto_front`). Everything here is pure pandas/numpy: the
@@ -87,11 +92,18 @@ OPTIONAL_NUMERIC_COLUMNS = (
     "flops",
     "sparsity_pruned",
     "sparsity_total",
+    # The spread of a latency measurement: 10th and 90th percentile of the timed calls.
+    "latency_ms_b1_gpu_p10",
     "latency_ms_b1_gpu_p90",
     "throughput_ips_gpu",
+    "latency_ms_b1_cpu_p10",
     "latency_ms_b1_cpu_p90",
     "throughput_ips_cpu",
     "cpu_threads",
+    # How many completed trials share that one measurement (same arch_signature).
+    "latency_shared_by",
+    # Channels removed (channel pruning) or weights zeroed (unstructured), as a fraction.
+    "prune_ratio_achieved",
     # Teacher measurements, used for the teacher row of results.csv when the sweep wrote them.
     "teacher_latency_ms_b1_gpu",
     "teacher_latency_ms_b1_cpu",
@@ -110,8 +122,14 @@ VERSION_COLUMNS = (
 #: gpu_/cpu_precision: of the latency measurement) and where (a cluster's node, Ray's GPU ids).
 RUNTIME_COLUMNS = ("precision", "channels_last", "gpu_precision", "cpu_precision", "node",
                    "ray_gpu_ids")
+#: ``arch_signature``: architecture|stem|input size|widths; trials with the same signature share
+#: one latency measurement (pruning that keeps every channel cannot change the latency).
 OPTIONAL_TEXT_COLUMNS = ("error", "checkpoint", "gpu_device", "cpu_device", *VERSION_COLUMNS,
-                         "device", *RUNTIME_COLUMNS)
+                         "device", *RUNTIME_COLUMNS, "arch_signature")
+#: Config columns newer sweeps write, with the value an older run (which lacks them) implied:
+#: before prune.method existed every pruning was unstructured.
+OPTIONAL_CONFIG_COLUMNS = {"prune.method": "unstructured", "prune.round_to": math.nan}
+PRUNE_METHODS = ("unstructured", "channel")
 PROVENANCE_COLUMNS = ("device", "precision", "channels_last", "gpu_device", "gpu_precision",
                       "cpu_device", "cpu_precision", "cpu_threads", *VERSION_COLUMNS,
                       "data.dataset", "data.label")
@@ -126,8 +144,10 @@ NUMERIC_CONFIG_COLUMNS = (
     "train.lr",
     "train.batch_size",
     "seed",
+    "prune.round_to",
 )
-FRACTION_COLUMNS = ("val_acc", "test_acc", "teacher_test_acc", "teacher_val_acc", "kd.alpha")
+FRACTION_COLUMNS = ("val_acc", "test_acc", "teacher_test_acc", "teacher_val_acc", "kd.alpha",
+                    "prune_ratio_achieved")
 
 #: Metrics that :func:`aggregate_seeds` summarises (mean, std, n, ci95) when present.
 AGG_METRICS = (
@@ -136,9 +156,11 @@ AGG_METRICS = (
     "teacher_test_acc",
     "teacher_val_acc",
     "latency_ms_b1_gpu",
+    "latency_ms_b1_gpu_p10",
     "latency_ms_b1_gpu_p90",
     "throughput_ips_gpu",
     "latency_ms_b1_cpu",
+    "latency_ms_b1_cpu_p10",
     "latency_ms_b1_cpu_p90",
     "throughput_ips_cpu",
     "size_mb_min",
@@ -150,6 +172,7 @@ AGG_METRICS = (
     "flops",
     "sparsity_pruned",
     "sparsity_total",
+    "prune_ratio_achieved",
     "epochs_trained",
     "wall_s",
     "restarts",
@@ -189,6 +212,8 @@ def _check_trials(df: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
             f"written by the same version?"
         )
     df = df.copy()
+    for col, default in OPTIONAL_CONFIG_COLUMNS.items():
+        df[col] = df[col].fillna(default) if col in df.columns else default
     for col in OPTIONAL_NUMERIC_COLUMNS:
         if col not in df.columns:
             df[col] = np.nan
@@ -300,6 +325,32 @@ def _flatten_space(space: object, columns: Iterable[str], prefix: str = "") -> l
     return keys
 
 
+def _search_section(run_dir: str | Path) -> dict | None:
+    """The ``search:`` mapping of a run folder's sweep.yaml ({} if it has none; None: no file)."""
+    import yaml
+
+    path = Path(run_dir) / SWEEP_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise KDTuneError(f"cannot read {path}: {_first_line(exc)}") from None
+    search = doc.get("search") if isinstance(doc, dict) else None
+    return search if isinstance(search, dict) else {}
+
+
+def sweep_names(run_dirs: Sequence[str | Path]) -> list[str]:
+    """Each run's sweep name (``search.name`` of its sweep.yaml; else the folder's name),
+    duplicates dropped, in the order given."""
+    names = []
+    for raw in run_dirs:
+        search = _search_section(raw) or {}
+        name = search.get("name")
+        names.append(str(name) if name not in (None, "") else Path(raw).name or str(raw))
+    return list(dict.fromkeys(names))
+
+
 def searched_keys(df: pd.DataFrame, run_dirs: Sequence[str | Path] = ()) -> list[str]:
     """The config keys the sweep searched over.
 
@@ -307,20 +358,13 @@ def searched_keys(df: pd.DataFrame, run_dirs: Sequence[str | Path] = ()) -> list
     present; otherwise inferred as the config columns (except ``seed``) that take more than one
     value. Only keys that are columns of ``df`` are returned, in ``df``'s column order.
     """
-    import yaml
-
     found: set[str] = set()
     have_yaml = False
     for raw in run_dirs:
-        path = Path(raw) / SWEEP_FILE
-        if not path.is_file():
+        search = _search_section(raw)
+        if search is None:
             continue
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise KDTuneError(f"cannot read {path}: {_first_line(exc)}") from None
-        space = (doc or {}).get("search", {}) if isinstance(doc, dict) else {}
-        space = space.get("space", {}) if isinstance(space, dict) else {}
+        space = search.get("space", {})
         have_yaml = True
         found.update(_flatten_space(space, df.columns))
     if not have_yaml:
@@ -440,13 +484,14 @@ def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame:
     ``<m>_n`` (non-NaN values) and ``<m>_ci95`` (Student-t half-width; NaN when n < 2). Also:
     ``n_seeds``, ``seeds`` ("0,1,2"), ``trial_ids`` and ``runs`` (";"-joined), ``best_trial_id``
     and ``best_checkpoint`` (the seed with the highest validation accuracy: the one to deploy),
-    and the first ``gpu_device``/``cpu_device``/``cpu_threads`` label. Stopped and errored trials
-    are left out: they have no final measurements.
+    and the first ``gpu_device``/``cpu_device``/``cpu_threads``/``arch_signature`` label. Stopped
+    and errored trials are left out: they have no final measurements.
     """
     done = df[df["status"] == "completed"]
     keys = [c for c in config_columns(df) if c != "seed"]
     metrics = [m for m in AGG_METRICS if m in df.columns]
-    label_cols = [c for c in ("gpu_device", "cpu_device", "cpu_threads") if c in df.columns]
+    label_cols = [c for c in ("gpu_device", "cpu_device", "cpu_threads", "arch_signature")
+                  if c in df.columns]
     out_cols = [
         *keys,
         "n_seeds",
@@ -538,32 +583,68 @@ def pareto_front(
 # Axes: which latency / size column to use and how to label it
 
 
-def latency_column(df: pd.DataFrame) -> str | None:
-    """``latency_ms_b1_gpu`` when any value is measured, else ``latency_ms_b1_cpu``, else None.
+LATENCY_TARGETS = ("gpu", "cpu")
 
-    On an aggregated table (:func:`aggregate_seeds`) the same rule picks the ``..._mean`` column.
-    """
-    for dev in ("gpu", "cpu"):
-        for col in (f"latency_ms_b1_{dev}", f"latency_ms_b1_{dev}_mean"):
-            if col in df.columns and pd.to_numeric(df[col], errors="coerce").notna().any():
-                return col
+
+def _measured(df: pd.DataFrame, target: str) -> str | None:
+    for col in (f"latency_ms_b1_{target}", f"latency_ms_b1_{target}_mean"):
+        if col in df.columns and pd.to_numeric(df[col], errors="coerce").notna().any():
+            return col
     return None
+
+
+def latency_targets(df: pd.DataFrame) -> list[str]:
+    """The targets (``"gpu"``, ``"cpu"``) with at least one measured latency, GPU first."""
+    return [t for t in LATENCY_TARGETS if _measured(df, t)]
+
+
+def latency_column(df: pd.DataFrame, target: str | None = None) -> str | None:
+    """The latency column of ``target`` ("gpu" or "cpu") if any value is measured, else None.
+
+    Without a target: ``latency_ms_b1_gpu`` when any value is measured, else
+    ``latency_ms_b1_cpu``, else None. On an aggregated table (:func:`aggregate_seeds`) the same
+    rule picks the ``..._mean`` column.
+    """
+    if target is not None and target not in LATENCY_TARGETS:
+        raise ValueError(f"latency target must be one of {LATENCY_TARGETS}, got {target!r}")
+    for dev in (target,) if target else LATENCY_TARGETS:
+        col = _measured(df, dev)
+        if col:
+            return col
+    return None
+
+
+def latency_spread_columns(col: str) -> tuple[str, str]:
+    """The p10 and p90 columns that go with a latency column (raw or ``..._mean``)."""
+    if col.endswith("_mean"):
+        base = col[: -len("_mean")]
+        return f"{base}_p10_mean", f"{base}_p90_mean"
+    return f"{col}_p10", f"{col}_p90"
 
 
 def _labels(series: pd.Series) -> list[str]:
     return [str(v) for v in dict.fromkeys(series.dropna().astype(str)) if str(v).strip()]
 
 
-def latency_label(df: pd.DataFrame) -> str:
+def latency_label(df: pd.DataFrame, target: str | None = None) -> str:
     """Axis title for the latency chosen by :func:`latency_column`, with unit and device.
 
     E.g. ``"batch-1 latency (ms, cpu Intel Xeon, 1 thread)"``.
     """
-    col = latency_column(df)
+    if latency_column(df, target) is None:
+        where = f"{target.upper()}; " if target else ""
+        return f"batch-1 latency (ms; {where}not measured)"
+    return f"batch-1 latency (ms, {latency_device(df, target)})"
+
+
+def latency_device(df: pd.DataFrame, target: str | None = None) -> str:
+    """Where the latency of :func:`latency_column` was measured, e.g. ``"cpu Intel Xeon, 1
+    thread"`` (``"GPU"``/``"CPU"`` when the device was not recorded)."""
+    col = latency_column(df, target)
     if col is None:
-        return "batch-1 latency (ms; not measured)"
+        return target.upper() if target else "not measured"
     measured = df[pd.to_numeric(df[col], errors="coerce").notna()]
-    if "gpu" in col:
+    if "_gpu" in col:
         devices = _labels(measured["gpu_device"]) if "gpu_device" in df else []
         where = " / ".join(devices) or "GPU"
     else:
@@ -576,7 +657,7 @@ def latency_label(df: pd.DataFrame) -> str:
             where += f", {n} thread" + ("" if threads == [1] else "s")
     if len(devices) > 1:
         where = "mixed devices: " + where
-    return f"batch-1 latency (ms, {where})"
+    return where
 
 
 def size_label() -> str:

@@ -20,8 +20,8 @@ from .config import TrialConfig
 from .data import DeviceData, Split, load_split, num_views
 from .errors import KDTuneError
 from .losses import kd_loss
-from .models import create_model
-from .prune import apply_pruning, attach_identity_masks, make_permanent, sparsity
+from .models import architecture_signature, create_model, rebuild_student, save_student
+from .prune import apply_pruning, make_permanent, prune_channels, sparsity
 from .storage import atomic_path
 from .teacher import prepare_teacher
 from .train import (
@@ -36,7 +36,7 @@ from .train import (
 )
 
 CKPT = "trial_ckpt.pt"
-STUDENT = "student.pt"  # plain state_dict: loads with torch.load(weights_only=True)
+STUDENT = "student.pt"  # models.save_student: reload with models.load_student
 Report = Callable[[dict], None]
 
 
@@ -92,6 +92,8 @@ def _config_hash(cfg: TrialConfig, data_identity: str) -> str:
     d.pop("measure")
     d.pop("cache_dir")
     d["data"].pop("root")
+    if d["prune"]["method"] == "unstructured":  # keys added with channel pruning: an older
+        del d["prune"]["method"], d["prune"]["round_to"]  # checkpoint still matches
     d["data_identity"] = data_identity
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -184,8 +186,21 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
                              cfg.train.momentum)
         return opt, make_schedule(opt, "cosine", ft_lr, cfg.prune.finetune_epochs * steps)
 
+    prune_cut = None  # fraction of channels the channel pruning actually removed
+
     def prune_now():
-        apply_pruning(student, cfg.prune.ratio, cfg.prune.scope, cfg.prune.include_linear)
+        nonlocal flops, prune_cut
+        p = cfg.prune
+        if p.method == "unstructured":
+            apply_pruning(student, p.ratio, p.scope, p.include_linear)
+            return
+        example = torch.zeros(1, 3, dd.input_size, dd.input_size, device=device)
+        prune_cut = prune_channels(student, p.ratio, example, p.scope, p.round_to)
+        place_model(student, device, channels_last)  # the new, narrower tensors too
+        flops = measure.count_flops(student, (1, 3, dd.input_size, dd.input_size))
+        log(f"channel pruning: {prune_cut:.1%} of conv channels removed (asked "
+            f"{p.ratio:.1%}, widths rounded to multiples of {p.round_to}), "
+            f"{flops / 1e6:.1f} MFLOPs per image left")
 
     chash = _config_hash(cfg, split.identity)
     start_epoch, history, step_s = 1, [], []
@@ -198,9 +213,15 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
                               "use a fresh output folder")
         phase = state["phase"]
         if phase == "finetune":
-            attach_identity_masks(student, cfg.prune.include_linear)
+            # pruned: narrower layers (channel) or masks (unstructured), both rebuilt from the
+            # saved tensors, as every reload of a student is
+            student = place_model(rebuild_student(cfg.student.arch, cfg.student.stem,
+                                                  state["model"]), device, channels_last)
+            flops = measure.count_flops(student, (1, 3, dd.input_size, dd.input_size))
+            prune_cut = state.get("prune_cut")
             opt, sched = new_phase("finetune")
-        student.load_state_dict(state["model"])
+        else:
+            student.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
@@ -248,7 +269,7 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
             last_ckpt = time.perf_counter()
             _save_ckpt(ckpt_path, {
                 "config_hash": chash, "epoch": epoch, "phase": phase, "history": history,
-                "step_s": step_s, "model": student.state_dict(),
+                "step_s": step_s, "model": student.state_dict(), "prune_cut": prune_cut,
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
         log(f"epoch {epoch}/{total_epochs} [{phase}] loss {loss:.4f} val_acc {val:.2%} "
             f"lr {lr:.3g} ({(time.perf_counter() - t0):.1f}s)")
@@ -265,6 +286,7 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
     if cfg.prune.ratio > 0 and phase == "train":
         prune_now()  # ratio > 0 with no fine-tune epochs: prune and measure as is
     make_permanent(student)
+    sparse = sparsity(student, cfg.prune.include_linear)
     result = {
         "val_acc": measure.accuracy(student, dd.eval_batches("val", eval_bs),
                                     autocast_bf16=bf16),
@@ -272,8 +294,13 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
                                      autocast_bf16=bf16),
         "teacher_val_acc": teacher.val_acc if teacher is not None else None,
         "teacher_test_acc": teacher.test_acc if teacher is not None else None,
-        **sparsity(student, cfg.prune.include_linear),
-        **measure.count_params(student), **measure.model_size_mb(student), "flops": flops,
+        **sparse, **measure.count_params(student), **measure.model_size_mb(student),
+        "flops": flops,
+        # the cut in prune.ratio's own unit: channels removed, or weights zeroed
+        "prune_ratio_achieved": (prune_cut or 0.0) if cfg.prune.method == "channel"
+        else sparse["sparsity_pruned"],
+        "arch_signature": architecture_signature(student, cfg.student.arch, cfg.student.stem,
+                                                 dd.input_size),
         "epochs_trained": total_epochs, "teacher_cache": cache_mode,
         "view_cache_build_s": getattr(teacher, "views_build_s", None),
         "teacher_train_s": getattr(teacher, "train_s", None),
@@ -290,8 +317,8 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
             else None, bf16=bf16, channels_last=channels_last))
     result["wall_s"] = time.perf_counter() - t_start
     if checkpoint_dir:  # final weights beside the resume checkpoint, before the last report
-        torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()},
-                   Path(checkpoint_dir) / STUDENT)
+        save_student(student, Path(checkpoint_dir) / STUDENT, cfg.student.arch,
+                     cfg.student.stem)
     if report is not None:
         report({**history[-1], **result, "final": True})
     result["history"] = history

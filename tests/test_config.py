@@ -31,6 +31,10 @@ def test_defaults_are_valid():
     ({"prune": {"ratio": 1.0}}, "prune.ratio", "< 1"),
     ({"prune": {"ratio": -0.2}}, "prune.ratio", ">= 0"),
     ({"prune": {"scope": "channel"}}, "prune.scope", "global, layerwise"),
+    ({"prune": {"method": "structured"}}, "prune.method", "unstructured, channel"),
+    ({"prune": {"round_to": 0}}, "prune.round_to", ">= 1"),
+    ({"prune": {"method": "channel", "include_linear": True}}, "prune.include_linear",
+     "unstructured only"),
     ({"student": {"arch": "resnet9"}}, "student.arch", "resnet20"),
     ({"teacher": {"arch": "vgg"}}, "teacher.arch", "resnet18"),
     ({"student": {"stem": "imagenet"}}, "student.stem", "standard, cifar"),
@@ -149,3 +153,25 @@ def test_search_step_misuse_is_caught_by_validate(spec, msg):
 
     with pytest.raises(KDTuneError, match=msg):
         sweep_config({"search": {"space": {"kd.temperature": spec}}})
+
+
+def test_sweep_plan_twins_each_no_kd_baseline_and_groups_asha_by_cost():
+    from kdtune.config import sweep_config
+    from kdtune.sweep.plan import baseline_configs, cost_group, n_trials, trial_cfg
+
+    raw = {"kd": {"alpha": 0.0}, "data": {"resize": 64},
+           "search": {"space": {"student.arch": {"type": "choice",
+                                                 "values": ["resnet8", "cnn4"]},
+                                "prune.method": {"type": "choice",
+                                                 "values": ["unstructured", "channel"]}},
+                      "num_samples": 3, "seeds": [0, 1], "baseline": True}}
+    sw = sweep_config(raw)
+    fixed = baseline_configs(sw)
+    # alpha 0 in the base: its KD twin takes 0.9, the notebook default
+    assert sorted((b["student.arch"], b["kd.alpha"]) for b in fixed) == [
+        ("cnn4", 0.0), ("cnn4", 0.9), ("resnet8", 0.0), ("resnet8", 0.9)]
+    assert n_trials(sw) == (3 + 4) * 2
+    base = sw.base.to_dict()
+    assert cost_group(trial_cfg(base, {"student.arch": "cnn4", "stem": "standard"})) == \
+        "cnn4|standard|64px"
+    assert cost_group(trial_cfg(base, {"student.arch": "resnet8"})) == "resnet8|cifar|64px"

@@ -17,7 +17,7 @@ from kdtune import trial as trial_mod
 from kdtune.config import trial_config
 from kdtune.data import DeviceData, load_split
 from kdtune.measure import measure_speed
-from kdtune.models import create_model
+from kdtune.models import create_model, load_student
 from kdtune.prune import apply_pruning, make_permanent, prunable, sparsity
 from kdtune.trial import run_trial
 
@@ -120,9 +120,7 @@ def test_pruned_kd_trial(raw, tmp_path, monkeypatch, scope, switches, precision,
     assert_exact_sparsity(model, 0.4, scope)
     assert r["sparsity_pruned"] == pytest.approx(0.4, abs=1e-3)
     assert all(is_channels_last(w) == channels_last for w in conv_weights(model))
-    saved = torch.load(tmp_path / "student.pt", weights_only=True)
-    fresh = create_model("cnn4")
-    fresh.load_state_dict(saved)
+    fresh = load_student(tmp_path / "student.pt")
     assert_exact_sparsity(fresh, 0.4, scope)  # the zeros survived fine-tuning and saving
 
 

@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers next to this file
 
 from browser_helper import chromium_path, open_dashboards  # noqa: E402
-from test_results import CONFIGS, make_fake_run, write_trials  # noqa: E402
+from test_results import CONFIGS, _trial_row, make_fake_run, write_trials  # noqa: E402
 
 from kdtune.dashboard import CSV_COLUMNS, write_dashboard  # noqa: E402
 from kdtune.errors import KDTuneError  # noqa: E402
@@ -33,6 +33,14 @@ def meta_count(html_text: str) -> int:
     return int(re.search(r'<meta name="kdtune-figures" content="(\d+)">', html_text).group(1))
 
 
+def answer_box(html_text: str) -> str:
+    return re.search(r"<section class='answer'>.*?</section>", html_text, re.S).group(0)
+
+
+def section(html_text: str, key: str) -> str:
+    return re.search(rf"<section id='{key}'.*?</section>", html_text, re.S).group(0)
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """A realistic sweep and its dashboard (with the PNG), shared by the tests below."""
@@ -42,7 +50,7 @@ def sweep(tmp_path_factory):
     except pytest.skip.Exception:  # not root and no chromium: only the PNG/browser tests skip
         have_browser = False
     root = tmp_path_factory.mktemp("runs")
-    run = make_fake_run(root, "sweep-a")
+    run = make_fake_run(root, "sweep-a", sweep_name="kd_prune_study")
     html_path = write_dashboard([run], quiet=True)
     return run, html_path, have_browser
 
@@ -105,7 +113,7 @@ def test_report_json_equals_parquet(sweep):
     assert report["units"]["accuracy"].startswith("percent")
     assert report["dataset"] == "CIFAR-10 (JPEG copy)"
     assert report["device"] == "cpu Intel Xeon Platinum 8480"
-    assert report["trials"] == {"total": 91, "completed": 84, "stopped": 5, "errored": 2}
+    assert report["trials"] == {"total": 127, "completed": 120, "stopped": 5, "errored": 2}
     assert set(report["families"]) == {"resnet18", "mobilenetv2"}
     for arch, fam in report["families"].items():
         unpruned = done[(done["student.arch"] == arch) & (done["prune.ratio"] == 0)]
@@ -115,17 +123,32 @@ def test_report_json_equals_parquet(sweep):
         assert fam["teacher_accuracy"] == pytest.approx(100 * done.teacher_test_acc.iloc[0])
         assert fam["n_with_kd"] == len(kd) and fam["n_without_kd"] == len(base)
         assert fam["includes_pruned"] is False
-    # the front: seed means straight from the Parquet, and no entry dominated by another
+    # the front: seed means straight from the Parquet; no entry dominated by another on
+    # validation accuracy and latency, nor by any config of the sweep
+    assert report["front_objectives"] == ["max val_acc", "min latency_ms_b1_cpu"]
     assert report["front"]
     for entry in report["front"]:
         members = done[done.trial_id.isin(entry["trial_ids"])]
         assert len(members) == entry["n_seeds"] == 3
         assert entry["test_accuracy"] == pytest.approx(100 * members.test_acc.mean())
+        assert entry["val_accuracy"] == pytest.approx(100 * members.val_acc.mean())
         assert entry["latency_ms"] == pytest.approx(members.latency_ms_b1_cpu.mean())
+        assert entry["latency_ms_cpu_p90"] == pytest.approx(members.latency_ms_b1_cpu_p90.mean())
         assert entry["checkpoint"] in set(members.checkpoint)
-    pts = [(e["test_accuracy"], e["latency_ms"]) for e in report["front"]]
-    for a in pts:
-        assert not any(b[0] >= a[0] and b[1] <= a[1] and b != a for b in pts)
+    per_config = [(100 * g.val_acc.mean(), g.latency_ms_b1_cpu.mean())
+                  for _, g in done.groupby(["student.arch", "student.stem", "kd.temperature",
+                                            "kd.alpha", "kd.label_smoothing", "prune.ratio",
+                                            "prune.method"])]
+    for e in report["front"]:
+        a = (e["val_accuracy"], e["latency_ms"])
+        assert not any(b[0] > a[0] + 1e-9 and b[1] < a[1] - 1e-9 for b in per_config)
+    assert len(per_config) == 40
+    # the budgets: the front, cheapest first, none within another's timing spread
+    budgets = report["latency_budgets"]["cpu"]
+    assert 0 < len(budgets) <= len(report["front"])
+    for prev, nxt in zip(budgets, budgets[1:]):
+        assert nxt["latency_ms_cpu_p10"] > prev["latency_ms_cpu_p90"]
+        assert nxt["val_accuracy"] > prev["val_accuracy"]
     assert report["provenance"]["git_sha"] == "0123456789abcdef0123456789abcdef01234567"
     assert report["provenance"]["torch_version"] == "2.9.0"
 
@@ -185,18 +208,32 @@ def _size_only_no_epochs(root):
     return _rewrite(run, lambda df: df.assign(latency_ms_b1_cpu=np.nan))
 
 
+def _old_run(root):
+    """Written before prune.method, p10 and signatures existed: unstructured pruning only, and
+    every trial timed on its own (so one architecture's latencies differ by noise)."""
+    run = make_fake_run(root, "old", configs=CONFIGS[:7], sweep_yaml=False)
+    new = ["prune.method", "prune.round_to", "prune_ratio_achieved", "arch_signature",
+           "latency_ms_b1_cpu_p10", "latency_ms_b1_gpu_p10"]
+    rng = np.random.default_rng(5)
+    return _rewrite(run, lambda df: df.drop(columns=new).assign(
+        latency_ms_b1_cpu=df.latency_ms_b1_cpu * (1 + rng.normal(0, 0.02, len(df)))))
+
+
 EDGE_CASES = {
     # name: (builder, panels drawn as figures, text the page must contain)
     "one_trial": (_one_trial, {"front_latency", "front_size", "front_3d", "ablation", "curves"},
-                  ["Nothing was searched", "no no-KD baseline", "Only the cifar stem"]),
+                  ["Nothing was searched", "no no-KD trial (kd.alpha = 0) completed",
+                   "Only the cifar stem"]),
     "no_completed": (_no_completed, {"curves"}, ["No trial completed"]),
     "one_objective": (_one_objective, {"best_only", "parcoords", "ablation", "stem",
                                        "kd_vs_baseline", "curves"},
                       ["accuracy is the only objective", "needs both latency and size"]),
-    "no_baseline": (_no_baseline, ALL_PANELS - {"kd_vs_baseline"}, ["no no-KD baseline"]),
+    "no_baseline": (_no_baseline, ALL_PANELS - {"kd_vs_baseline"},
+                    ["Cannot tell: no no-KD trial (kd.alpha = 0) completed"]),
     "size_only_no_epochs": (_size_only_no_epochs, {"front_size", "parcoords", "ablation", "stem",
                                                    "kd_vs_baseline"},
                             ["No latency was measured", "no learning curves"]),
+    "old_run": (_old_run, ALL_PANELS, ["cannot change latency", "(p90 "]),
 }
 
 
@@ -223,7 +260,16 @@ def test_edge_cases_render(tmp_path, case):
         assert csv["Variant"].tolist() == ["Teacher", "KD student"]
         assert math.isnan(csv.iloc[0]["LatencyMs"])  # teacher not measured: left empty
     if case == "one_objective":
-        assert report["front_objectives"] == ["max test_acc"] and len(report["front"]) == 1
+        assert report["front_objectives"] == ["max val_acc"] and len(report["front"]) == 1
+        done = _completed(run)
+        best_val = done.groupby(["student.stem", "kd.temperature", "kd.alpha",
+                                 "kd.label_smoothing", "prune.ratio", "prune.method"]
+                                ).val_acc.mean().max()
+        assert report["front"][0]["val_accuracy"] == pytest.approx(100 * best_val)
+    if case == "old_run":  # no p10: budgets split at the median, and the page says so
+        assert "Channel pruning" not in section(text, "front_latency")
+        assert report["latency_budgets"]["cpu"]
+        assert all(e["latency_ms_cpu_p10"] is None for e in report["front"])
 
 
 def test_several_runs_and_gpu(tmp_path):
@@ -231,9 +277,24 @@ def test_several_runs_and_gpu(tmp_path):
     b = make_fake_run(tmp_path, "b", students=("resnet18",), seeds=(1,), gpu=True, rng_seed=2)
     out = write_dashboard([a, b], tmp_path / "both.html", png=False)
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["front_objectives"] == ["max test_acc", "min latency_ms_b1_gpu"]
+    assert report["front_objectives"] == ["max val_acc", "min latency_ms_b1_gpu"]
     assert report["device"] == "cuda NVIDIA H100 80GB HBM3"
-    assert "NVIDIA H100" in out.read_text()
+    text = out.read_text()
+    # both devices measured: one latency chart per device, each named after it
+    assert figure_keys(text) == ALL_PANELS - {"front_latency"} | {"front_latency_gpu",
+                                                                  "front_latency_cpu"}
+    gpu, cpu = section(text, "front_latency_gpu"), section(text, "front_latency_cpu")
+    assert "<h2>Accuracy vs GPU latency — cuda NVIDIA H100 80GB HBM3</h2>" in gpu
+    assert "batch-1 latency (ms, cuda NVIDIA H100 80GB HBM3)" in gpu
+    assert "<h2>Accuracy vs CPU latency — cpu Intel Xeon Platinum 8480, 1 thread</h2>" in cpu
+    assert "batch-1 latency (ms, cpu Intel Xeon Platinum 8480, 1 thread)" in cpu
+    assert set(report["latency_budgets"]) == {"gpu", "cpu"}
+    box = answer_box(text)
+    assert "per GPU latency budget" in box and "per CPU latency budget" in box
+    # each device's budgets walk that device's own front
+    gpu_front = [e["latency_ms_gpu"] for e in report["latency_budgets"]["gpu"]]
+    assert gpu_front == sorted(gpu_front)
+    assert "<title>a, b</title>" in text and "<h1>a, b</h1>" in text
     # seeds of the same config in two runs are pooled (GPU latency only measured in b)
     assert {e["n_seeds"] for e in report["front"]} == {2}
 
@@ -270,3 +331,181 @@ def test_renders_in_headless_chromium(sweep, tmp_path):
     assert [f["id"] for f in pages[1].figures] == ["fig-curves"]
     assert "batch-1 latency (ms, cpu Intel Xeon Platinum 8480, 1 thread)" in \
         main["fig-front_latency"]["text"]
+
+
+# ---------------------------------------------------------------------------------------------
+# hand-made sweeps: fronts, budgets and KD comparisons a user acts on
+
+
+def _hand_run(root, name: str, specs: list[dict], seeds=(0, 1, 2)) -> Path:
+    """A run folder with one config per spec (overrides of a completed resnet18/cifar KD trial;
+    ``val_acc``/``test_acc`` are the seed means, the seeds spread ±0.2 pp around them)."""
+    base = _trial_row(np.random.default_rng(0), 0, "resnet18", "cifar", (4.0, 0.9, 0.0, 0.0), 0,
+                      "completed", gpu=False, run_tag=name)
+    rows = []
+    for k, spec in enumerate(specs):
+        for j, seed in enumerate(seeds):
+            jitter = 0.002 * (j - (len(seeds) - 1) / 2)
+            rows.append({**base, **spec, "trial_id": f"{name}_{k}_{seed}", "seed": seed,
+                         "val_acc": spec["val_acc"] + jitter,
+                         "test_acc": spec["test_acc"] + jitter})
+    run = Path(root) / name
+    run.mkdir(parents=True)
+    return write_trials(run, rows)
+
+
+def _timed(ms: float, p10: float | None = None, p90: float | None = None) -> dict:
+    return {"latency_ms_b1_cpu": ms, "latency_ms_b1_cpu_p10": p10 or 0.99 * ms,
+            "latency_ms_b1_cpu_p90": p90 or 1.01 * ms, "arch_signature": None}
+
+
+def _dash(run: Path) -> tuple[str, dict]:
+    out = write_dashboard([run], run / "dashboard.html", png=False)
+    return out.read_text(), json.loads((run / "report.json").read_text())
+
+
+def _front_eps(entries: list[dict]) -> list[float]:
+    """Each entry's label smoothing: what tells the hand-made configs apart."""
+    return [e["config"]["kd.label_smoothing"] for e in entries]
+
+
+def test_fronts_are_chosen_on_validation_not_test(tmp_path):
+    # on validation the front is A, B, C; on test it would be A, D (B looks worse than A and
+    # D better than C, but only on the split the choice must not see)
+    specs = [
+        {"kd.label_smoothing": 0.0, "val_acc": 0.80, "test_acc": 0.85, **_timed(1.0)},   # A
+        {"kd.label_smoothing": 0.05, "val_acc": 0.85, "test_acc": 0.82, **_timed(2.0)},  # B
+        {"kd.label_smoothing": 0.1, "val_acc": 0.90, "test_acc": 0.90, **_timed(3.0)},   # C
+        {"kd.label_smoothing": 0.15, "val_acc": 0.70, "test_acc": 0.95, **_timed(2.5)},  # D
+    ]
+    text, report = _dash(_hand_run(tmp_path, "val-front", specs))
+    assert _front_eps(report["front"]) == [0.0, 0.05, 0.1]
+    assert [round(e["test_accuracy"], 6) for e in report["front"]] == [85.0, 82.0, 90.0]
+    assert _front_eps(report["latency_budgets"]["cpu"]) == [0.0, 0.05, 0.1]
+    box = answer_box(text)
+    assert "82.00 %" in box and "95.00 %" not in box  # B listed, D not
+    assert "front chosen on validation accuracy; test accuracy shown" in box
+    assert "front chosen on validation accuracy; test accuracy shown" in section(
+        text, "front_latency")
+    table = section(text, "front-table")
+    assert table.count("<tr>") == 1 + 3 and "95.00" not in table
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_budgets_within_timing_noise_are_one_budget(tmp_path, overlap):
+    # one architecture, unstructured pruning (same dense kernels): 1.41 vs 1.48 ms is noise
+    # when the spreads overlap; a third, clearly slower config stays its own budget
+    slow_p10 = 1.44 if overlap else 1.475
+    fast_p90 = 1.47 if overlap else 1.43
+    specs = [
+        {"prune.ratio": 0.0, "val_acc": 0.90, "test_acc": 0.895,
+         **_timed(1.41, 1.38, fast_p90)},
+        {"prune.ratio": 0.3, "prune.scope": "global", "val_acc": 0.91, "test_acc": 0.905,
+         **_timed(1.48, slow_p10, 1.52)},
+        {"prune.ratio": 0.0, "kd.label_smoothing": 0.1, "val_acc": 0.93, "test_acc": 0.925,
+         **_timed(3.0, 2.9, 3.1)},
+    ]
+    text, report = _dash(_hand_run(tmp_path, "noise", specs))
+    assert len(report["front"]) == 3  # all three are on the front
+    budgets = report["latency_budgets"]["cpu"]
+    lines = re.findall(r"<li>≤ <b>([\d.]+) ms</b>", answer_box(text))
+    if overlap:  # one budget, the better by validation accuracy of the two
+        assert lines == ["1.48", "3.00"] and len(budgets) == 2
+        assert budgets[0]["config"]["prune.ratio"] == 0.3
+        assert "≤ <b>1.48 ms</b> (p10–p90 1.44–1.52) → <b>90.50 %</b>" in answer_box(text)
+        assert "1 front configuration within the timing spread" in answer_box(text)
+    else:
+        assert lines == ["1.41", "1.48", "3.00"] and len(budgets) == 3
+    assert "cannot change latency" in section(text, "front_latency")
+
+
+def _kd(alpha: float, eps: float, val: float, test: float, **more) -> dict:
+    return {"kd.alpha": alpha, "kd.label_smoothing": eps, "val_acc": val, "test_acc": test,
+            "is_baseline": False, **more}
+
+
+def test_kd_alpha_searched_without_baseline_rows(tmp_path):
+    # kd.alpha gridded over {0, 0.9} by the search space: no row is_baseline, and still the
+    # α = 0 trials are the no-KD side
+    specs = [_kd(0.9, 0.0, 0.91, 0.90), _kd(0.0, 0.0, 0.89, 0.88),
+             _kd(0.9, 0.1, 0.92, 0.915), _kd(0.0, 0.1, 0.895, 0.885)]
+    text, report = _dash(_hand_run(tmp_path, "alpha-grid", specs))
+    assert not pd.read_parquet(tmp_path / "alpha-grid" / "trials.parquet").is_baseline.any()
+    [cmp] = report["kd_vs_no_kd"]
+    assert cmp["kind"] == "twins" and cmp["like_for_like"]
+    assert cmp["kd"]["config"]["kd.label_smoothing"] == 0.1  # the best KD config by val
+    assert cmp["no_kd"]["config"]["kd.alpha"] == 0
+    assert cmp["diff_pp"] == pytest.approx(3.0)
+    assert 0 < cmp["ci95_pp"][0] < 3.0 < cmp["ci95_pp"][1]
+    box = answer_box(text)
+    assert "Cannot tell" not in box and "yes: KD adds +3.00 pp" in box
+    assert "same config and seeds, α = 0.9 vs 0 (label smoothing, prune method/ratio, epochs " \
+           "held equal)" in box
+    assert "kd_vs_baseline" in figure_keys(text)
+
+
+def test_kd_twin_beats_better_non_twin(tmp_path):
+    run = _hand_run(tmp_path, "twins", [
+        _kd(0.9, 0.0, 0.91, 0.90),                        # KD with a twin
+        _kd(0.0, 0.0, 0.88, 0.87, **{"kd.temperature": 1.0, "is_baseline": True}),  # its twin:
+        # T is inert at α = 0 and is_baseline only says how the sweep scheduled it
+        _kd(0.0, 0.1, 0.90, 0.905),                       # a better no-KD config, no twin
+        _kd(0.9, 0.05, 0.95, 0.94),                       # a better KD config, no twin
+    ])
+    # the twin's config again, better still but on other seeds: no twin either
+    other_seeds = _hand_run(tmp_path, "other-seeds", [_kd(0.0, 0.0, 0.97, 0.97)], seeds=(5, 6))
+    write_trials(run, pd.concat([pd.read_parquet(d / "trials.parquet")
+                                 for d in (run, other_seeds)]))
+    _, report = _dash(run)
+    [cmp] = report["kd_vs_no_kd"]
+    assert cmp["kind"] == "twins"
+    assert cmp["kd"]["trial_ids"] == [f"twins_0_{s}" for s in (0, 1, 2)]
+    assert cmp["no_kd"]["trial_ids"] == [f"twins_1_{s}" for s in (0, 1, 2)]
+    assert cmp["diff_pp"] == pytest.approx(3.0)  # 90 - 87, not the better configs' numbers
+
+
+@pytest.mark.parametrize("n_no_kd", [2, 1])
+def test_kd_counts_when_both_sides_searched(tmp_path, n_no_kd):
+    kd = [_kd(0.9, 0.0, 0.90, 0.89), _kd(0.9, 0.05, 0.92, 0.91), _kd(0.5, 0.1, 0.91, 0.90)]
+    no_kd = [_kd(0.0, 0.07, 0.89, 0.88), _kd(0.0, 0.02, 0.88, 0.87)][:n_no_kd]
+    text, report = _dash(_hand_run(tmp_path, "searched", kd + no_kd))
+    [cmp] = report["kd_vs_no_kd"]
+    assert cmp["kind"] == "searched"
+    assert (cmp["n_kd_configs"], cmp["n_no_kd_configs"]) == (3, n_no_kd)
+    assert cmp["kd"]["config"]["kd.label_smoothing"] == 0.05
+    assert cmp["diff_pp"] == pytest.approx(3.0)
+    box = answer_box(text)
+    counts = f"KD: best of 3 configs; no KD: best of {n_no_kd} config{'s' * (n_no_kd > 1)}"
+    assert counts in box and counts in section(text, "kd_vs_baseline")
+    assert "the chosen configs differ in ε (label smoothing) 0.05 vs 0.07" in box
+    if n_no_kd == 1:
+        assert not cmp["like_for_like"]
+        assert "not like for like, no-KD side untuned (1 config vs 3)" in box
+        assert "yes: KD adds" not in box
+    else:
+        assert cmp["like_for_like"] and "yes: KD adds +3.00 pp" in box
+
+
+def test_channel_pruning_is_told_apart(sweep):
+    _, html_path, _ = sweep
+    text = html_path.read_text()
+    front = section(text, "front_latency")
+    assert "Channel pruning (open symbols) removes whole channels and so moves latency" in front
+    assert "channel-pruned (open symbol)" in front  # its legend entry
+    assert '"symbol":"circle-open"' in front.replace(" ", "")
+    assert "pruned 30 % of channels" in front  # hover text
+    # the channel-pruned cells have no no-KD twin and one no-KD config: flagged as untuned
+    assert "no-KD side untuned (1 config vs 2)" in answer_box(text)
+
+
+def test_title_is_the_sweep_name(sweep, tmp_path):
+    _, html_path, _ = sweep
+    text = html_path.read_text()
+    assert "<title>kd_prune_study</title>" in text and "<h1>kd_prune_study</h1>" in text
+    other = make_fake_run(tmp_path, "b", students=("resnet18",), sweep_name="stem_ablation")
+    both = write_dashboard([html_path.parent, other], tmp_path / "both.html", png=False)
+    text = both.read_text()
+    assert "<title>kd_prune_study, stem_ablation</title>" in text
+    assert "<h1>kd_prune_study, stem_ablation</h1>" in text
+    assert json.loads((tmp_path / "report.json").read_text())["name"] == [
+        "kd_prune_study", "stem_ablation"]

@@ -110,10 +110,11 @@ def test_measure_speed_cpu_restores_threads_mode_and_device():
     threads_before = torch.get_num_threads()
     stats = measure_speed(model, "cpu", input_size=16, batch=4, warmup=1, runs=5, threads=1)
     assert set(stats) == {
-        "latency_ms_b1", "latency_ms_b1_p90", "throughput_ips", "throughput_batch",
+        "latency_ms_b1", "latency_ms_b1_p10", "latency_ms_b1_p90", "throughput_ips",
+        "throughput_batch",
         "measure_device", "measure_threads", "measure_precision", "measure_channels_last",
     }
-    assert 0 < stats["latency_ms_b1"] <= stats["latency_ms_b1_p90"]
+    assert 0 < stats["latency_ms_b1_p10"] <= stats["latency_ms_b1"] <= stats["latency_ms_b1_p90"]
     assert stats["throughput_ips"] > 0 and stats["throughput_batch"] == 4
     assert stats["measure_threads"] == 1
     assert stats["measure_precision"] == "fp32" and stats["measure_channels_last"] is False

@@ -14,10 +14,13 @@ from kdtune.results import (
     aggregate_seeds,
     latency_column,
     latency_label,
+    latency_spread_columns,
+    latency_targets,
     load_epochs,
     load_runs,
     pareto_front,
     searched_keys,
+    sweep_names,
     t_quantile,
     welch_diff,
 )
@@ -26,11 +29,13 @@ from kdtune.results import (
 # Fake run folders, shaped like what a sweep writes
 
 STUDENTS = {
-    # arch: (base accuracy, cpu latency ms, dense size MB, params)
-    "resnet18": (0.875, 9.0, 44.7, 11_173_962),
-    "mobilenetv2": (0.86, 6.0, 9.2, 2_236_682),
+    # arch: (base accuracy, cpu latency ms, dense size MB, params, stage widths)
+    "resnet18": (0.875, 9.0, 44.7, 11_173_962, (64, 128, 256, 512)),
+    "mobilenetv2": (0.86, 6.0, 9.2, 2_236_682, (32, 64, 160, 320)),
 }
-# (T, alpha, label smoothing, prune ratio): alpha 0 is the no-KD baseline
+# (T, alpha, label smoothing, prune ratio[, prune method]): alpha 0 is no KD. Twins (equal but
+# for T and alpha): rows 0/2/3 and 1/5; the channel-pruned ones have no twin and a single
+# no-KD config (an untuned no-KD side).
 CONFIGS = [
     (4.0, 0.0, 0.0, 0.0),
     (4.0, 0.0, 0.0, 0.5),
@@ -39,6 +44,9 @@ CONFIGS = [
     (4.0, 0.9, 0.1, 0.0),
     (4.0, 0.9, 0.0, 0.5),
     (8.0, 0.9, 0.1, 0.7),
+    (4.0, 0.9, 0.0, 0.3, "channel"),
+    (4.0, 0.9, 0.1, 0.5, "channel"),
+    (4.0, 0.0, 0.0, 0.5, "channel"),
 ]
 SEARCH_SPACE = {
     "student.arch": {"choice": list(STUDENTS)},
@@ -46,27 +54,62 @@ SEARCH_SPACE = {
     "kd.temperature": {"choice": [2.0, 4.0, 8.0]},
     "kd.alpha": {"choice": [0.0, 0.5, 0.9]},
     "kd.label_smoothing": {"choice": [0.0, 0.1]},
-    "prune.ratio": {"choice": [0.0, 0.5, 0.7]},
+    "prune.ratio": {"choice": [0.0, 0.3, 0.5, 0.7]},
+    "prune.method": {"choice": ["unstructured", "channel"]},
 }
+ROUND_TO = 8  # channel pruning keeps a multiple of 8 channels per layer
 
 
-def _trial_row(rng, i, student, stem, cfg, seed, status, *, gpu, run_tag):
-    temp, alpha, ls, ratio = cfg
-    base, lat, size, params = STUDENTS[student]
+def _kept_widths(widths, ratio: float, method: str) -> tuple[int, ...]:
+    if method != "channel" or ratio == 0:
+        return tuple(widths)
+    return tuple(max(ROUND_TO, round(w * (1 - ratio) / ROUND_TO) * ROUND_TO) for w in widths)
+
+
+def _latency(rng, base_ms: float, measured: dict | None, signature: str) -> tuple:
+    """(median, p10, p90) of one timed architecture: trials of one signature share a
+    measurement, as the sweep measures each deployed architecture once."""
+    if measured is not None and signature in measured:
+        return measured[signature]
+    median = base_ms * (1 + rng.normal(0, 0.02))
+    timing = (median, median * 0.97, median * 1.05)
+    if measured is not None:
+        measured[signature] = timing
+    return timing
+
+
+def _trial_row(rng, i, student, stem, cfg, seed, status, *, gpu, run_tag, measured=None):
+    temp, alpha, ls, ratio = cfg[:4]
+    method = cfg[4] if len(cfg) > 4 else "unstructured"
+    base, lat, size, params, widths = STUDENTS[student]
+    channel = method == "channel" and ratio > 0
+    kept = _kept_widths(widths, ratio, method)
+    kept_frac = sum(kept) / sum(widths)
     acc = (
         base
         + (0.03 if stem == "cifar" else 0.0)
         + (alpha * 0.015 * min(temp, 4.0) / 4.0)
         + ls * 0.05
-        - 0.06 * ratio**2
+        - (0.1 if channel else 0.06) * ratio**2
         + rng.normal(0, 0.003)
     )
     acc = float(np.clip(acc, 0, 1))
-    lat_cpu = lat * (1.6 if stem == "cifar" else 1.0) * (1 + rng.normal(0, 0.02))
-    nonzero = int(params * (1 - ratio))
+    signature = f"{student}|{stem}|32|{','.join(map(str, kept))}"
+    # unstructured pruning keeps dense kernels: only removing channels makes a model faster
+    lat_base = lat * (1.6 if stem == "cifar" else 1.0) * (kept_frac**1.5 if channel else 1.0)
+    lat_cpu, p10_cpu, p90_cpu = _latency(rng, lat_base, measured, signature)
+    dense = size * (kept_frac**2 if channel else 1.0)
+    nonzero = int(params * (kept_frac**2 if channel else 1 - ratio))
     done = status == "completed"
     epochs = 4 if done else (1 if status == "errored" else 2)
     nan = math.nan
+
+    def measured_only(x):
+        return x if done else nan
+
+    def gpu_only(x):
+        return x if done and gpu else nan
+
     row = {
         "trial_id": f"{run_tag}_{i:05d}",
         "status": status,
@@ -85,6 +128,8 @@ def _trial_row(rng, i, student, stem, cfg, seed, status, *, gpu, run_tag):
         "kd.alpha": alpha,
         "kd.label_smoothing": ls,
         "prune.ratio": ratio,
+        "prune.method": method,
+        "prune.round_to": ROUND_TO,
         "prune.scope": "global" if ratio > 0 else None,
         "prune.finetune_epochs": 2 if ratio > 0 else 0,
         "train.epochs": 4,
@@ -96,20 +141,25 @@ def _trial_row(rng, i, student, stem, cfg, seed, status, *, gpu, run_tag):
         "test_acc": acc if done else nan,
         "teacher_val_acc": 0.953,
         "teacher_test_acc": 0.951,
-        "params": params,
+        "params": int(params * kept_frac**2) if channel else params,
         "nonzero_params": nonzero,
-        "size_mb_dense": size if done else nan,
-        "size_mb_sparse": size * (1 - ratio) * 1.05 if done else nan,
-        "size_mb_disk": size * 1.01 if done else nan,
-        "flops": 5.6e8 * (4 if stem == "cifar" else 1),
-        "sparsity_pruned": ratio,
-        "sparsity_total": ratio * 0.98,
-        "latency_ms_b1_gpu": (lat_cpu / 6 if gpu else nan) if done else nan,
-        "latency_ms_b1_gpu_p90": (lat_cpu / 5 if gpu else nan) if done else nan,
-        "throughput_ips_gpu": (9000.0 if gpu else nan) if done else nan,
-        "latency_ms_b1_cpu": lat_cpu if done else nan,
-        "latency_ms_b1_cpu_p90": lat_cpu * 1.1 if done else nan,
-        "throughput_ips_cpu": 1000 / lat_cpu if done else nan,
+        "size_mb_dense": measured_only(dense),
+        # sparse storage pays off only for zeroed weights; a channel-pruned model has none
+        "size_mb_sparse": measured_only(dense * 1.9 if channel else size * (1 - ratio) * 1.05),
+        "size_mb_disk": measured_only(dense * 1.01),
+        "flops": 5.6e8 * (4 if stem == "cifar" else 1) * (kept_frac**2 if channel else 1),
+        "sparsity_pruned": 0.0 if channel else ratio,
+        "sparsity_total": 0.0 if channel else ratio * 0.98,
+        "prune_ratio_achieved": 1 - kept_frac if channel else ratio,
+        "arch_signature": signature,
+        "latency_ms_b1_gpu": gpu_only(lat_cpu / 6),
+        "latency_ms_b1_gpu_p10": gpu_only(p10_cpu / 6),
+        "latency_ms_b1_gpu_p90": gpu_only(p90_cpu / 6),
+        "throughput_ips_gpu": gpu_only(9000.0),
+        "latency_ms_b1_cpu": measured_only(lat_cpu),
+        "latency_ms_b1_cpu_p10": measured_only(p10_cpu),
+        "latency_ms_b1_cpu_p90": measured_only(p90_cpu),
+        "throughput_ips_cpu": measured_only(1000 / lat_cpu),
         "cpu_threads": 1,
         "gpu_device": "cuda NVIDIA H100 80GB HBM3" if gpu else None,
         "cpu_device": "cpu Intel Xeon Platinum 8480",
@@ -138,19 +188,24 @@ def make_fake_run(
     sweep_yaml: bool = True,
     teacher_measured: bool = True,
     rng_seed: int = 0,
+    sweep_name: str | None = None,
 ) -> Path:
-    """Write a realistic run folder (trials.parquet, epochs.parquet, sweep.yaml) and return it."""
+    """Write a realistic run folder (trials.parquet, epochs.parquet, sweep.yaml) and return it.
+
+    ``sweep_name``: the sweep.yaml's search.name (default: the folder's name).
+    """
     rng = np.random.default_rng(rng_seed)
     run_dir = Path(root) / name
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = []
+    measured: dict = {}  # one latency measurement per architecture signature
     for student in students:
         for stem in stems:
             for cfg in configs:
                 for seed in seeds:
                     rows.append(
                         _trial_row(rng, len(rows), student, stem, cfg, seed, "completed",
-                                   gpu=gpu, run_tag=name)
+                                   gpu=gpu, run_tag=name, measured=measured)
                     )
     extra = [("stopped", n_stopped), ("errored", n_errored)]
     for status, count in extra:
@@ -158,7 +213,7 @@ def make_fake_run(
             student = students[k % len(students)]
             cfg = (2.0, 0.5, 0.1, 0.7)
             rows.append(_trial_row(rng, len(rows), student, stems[0], cfg, 0, status,
-                                   gpu=gpu, run_tag=name))
+                                   gpu=gpu, run_tag=name, measured=measured))
     trials = pd.DataFrame(rows)
     if teacher_measured:
         trials["teacher_latency_ms_b1_cpu"] = 21.5
@@ -183,7 +238,8 @@ def make_fake_run(
         import yaml
 
         (run_dir / "sweep.yaml").write_text(
-            yaml.safe_dump({"name": name, "search": {"space": SEARCH_SPACE, "num_samples": 10}})
+            yaml.safe_dump({"search": {"name": sweep_name or name, "space": SEARCH_SPACE,
+                                       "num_samples": 10}})
         )
     return run_dir
 
@@ -404,13 +460,81 @@ def test_load_runs_errors_name_the_folder(tmp_path):
     assert load_epochs(run, missing_ok=True).empty
 
 
+NEW_COLUMNS = ["prune.method", "prune.round_to", "prune_ratio_achieved", "arch_signature",
+               "latency_ms_b1_cpu_p10", "latency_ms_b1_gpu_p10"]
+
+
 def test_optional_columns_filled(tmp_path):
-    run = make_fake_run(tmp_path, "old", teacher_measured=False)
-    df = pd.read_parquet(run / "trials.parquet").drop(columns=["flops", "git_sha"])
+    run = make_fake_run(tmp_path, "old", teacher_measured=False, configs=CONFIGS[:7])
+    df = pd.read_parquet(run / "trials.parquet").drop(columns=["flops", "git_sha",
+                                                              *NEW_COLUMNS])
     write_trials(run, df)
     loaded = load_runs(run)
     assert loaded["flops"].isna().all() and loaded["git_sha"].isna().all()
     assert loaded["teacher_size_mb_dense"].isna().all()
+    # a run written before channel pruning existed: every pruning was unstructured
+    assert (loaded["prune.method"] == "unstructured").all()
+    for col in ("prune.round_to", "prune_ratio_achieved", "latency_ms_b1_cpu_p10"):
+        assert loaded[col].isna().all(), col
+    assert loaded["arch_signature"].isna().all()
+    # and it pools with a new run whose trials say how they were pruned
+    new = make_fake_run(tmp_path, "new")
+    both = load_runs(run, new)
+    methods = both.groupby("run")["prune.method"].agg(lambda v: set(v))
+    assert methods["old"] == {"unstructured"} and methods["new"] == {"unstructured", "channel"}
+    agg = aggregate_seeds(both)
+    assert {"prune.method", "prune.round_to"} <= set(agg.columns)
+
+
+def test_new_columns_are_aggregated(run_dir):
+    df = load_runs(run_dir)
+    assert df["prune.round_to"].dtype == float and df["prune.method"].notna().all()
+    agg = aggregate_seeds(df)
+    done = df[df.status == "completed"]
+    channel = agg[(agg["prune.method"] == "channel") & (agg["prune.ratio"] == 0.3)].iloc[0]
+    members = done[done.trial_id.isin(channel["trial_ids"].split(";"))]
+    for m in ("latency_ms_b1_cpu_p10", "latency_ms_b1_cpu_p90", "prune_ratio_achieved"):
+        assert channel[f"{m}_mean"] == pytest.approx(members[m].mean()), m
+    assert channel["arch_signature"] == members["arch_signature"].iloc[0]
+    # one measurement per signature: every config of one signature has the same latency
+    per_sig = done.groupby("arch_signature")["latency_ms_b1_cpu"].nunique()
+    assert (per_sig == 1).all() and len(per_sig) > 4
+    bad = pd.read_parquet(run_dir / "trials.parquet")
+    bad["prune_ratio_achieved"] *= 100
+    write_trials(run_dir, bad)
+    with pytest.raises(KDTuneError, match="prune_ratio_achieved must be a fraction"):
+        load_runs(run_dir)
+
+
+def test_latency_per_target(tmp_path):
+    run = make_fake_run(tmp_path, "both", students=("resnet18",), gpu=True)
+    df = load_runs(run)
+    assert latency_targets(df) == ["gpu", "cpu"]
+    assert latency_column(df) == latency_column(df, "gpu") == "latency_ms_b1_gpu"
+    assert latency_column(df, "cpu") == "latency_ms_b1_cpu"
+    assert latency_label(df, "gpu") == "batch-1 latency (ms, cuda NVIDIA H100 80GB HBM3)"
+    assert latency_label(df, "cpu") == (
+        "batch-1 latency (ms, cpu Intel Xeon Platinum 8480, 1 thread)")
+    agg = aggregate_seeds(df)
+    assert latency_column(agg, "cpu") == "latency_ms_b1_cpu_mean"
+    assert latency_spread_columns("latency_ms_b1_cpu_mean") == (
+        "latency_ms_b1_cpu_p10_mean", "latency_ms_b1_cpu_p90_mean")
+    assert latency_spread_columns("latency_ms_b1_gpu") == (
+        "latency_ms_b1_gpu_p10", "latency_ms_b1_gpu_p90")
+    cpu_only = load_runs(make_fake_run(tmp_path, "cpu", students=("resnet18",)))
+    assert latency_targets(cpu_only) == ["cpu"] and latency_column(cpu_only, "gpu") is None
+    assert "GPU; not measured" in latency_label(cpu_only, "gpu")
+    with pytest.raises(ValueError, match="target"):
+        latency_column(df, "tpu")
+
+
+def test_sweep_names(tmp_path):
+    a = make_fake_run(tmp_path, "a", students=("resnet18",), sweep_name="kd_prune")
+    b = make_fake_run(tmp_path, "b", students=("resnet18",), sweep_name="stem_ablation")
+    c = make_fake_run(tmp_path, "c", students=("resnet18",), sweep_yaml=False)
+    assert sweep_names([a]) == ["kd_prune"]
+    assert sweep_names([a, b, a]) == ["kd_prune", "stem_ablation"]
+    assert sweep_names([c]) == ["c"]  # no sweep.yaml: the folder's name
 
 
 def test_searched_keys_from_yaml_or_inferred(tmp_path):

@@ -31,7 +31,7 @@ import yaml
 from kdtune.cli import main
 from kdtune.config import load_sweep_config
 from kdtune.errors import KDTuneError
-from kdtune.models import create_model
+from kdtune.models import architecture_signature, load_student
 from kdtune.results import CONFIG_COLUMNS
 from kdtune.sweep import n_trials
 
@@ -53,6 +53,7 @@ MAIN_SEARCH = {
         "kd.temperature": {"type": "loguniform", "low": 1, "high": 16},
         "kd.alpha": {"type": "uniform", "low": 0.1, "high": 0.95},
         "prune.ratio": {"type": "uniform", "low": 0.1, "high": 0.5, "step": 0.1},
+        "prune.method": {"type": "choice", "values": ["unstructured", "channel"]},
         "student.arch": {"type": "choice", "values": ["cnn4", "resnet8"]},
         "stem": {"type": "choice", "values": ["standard", "cifar"]},
     },
@@ -65,8 +66,8 @@ MAIN_SEARCH = {
     # architecture some are stopped (deterministic on CPU, checked over repeated runs)
     "asha": {"grace_period": 1, "reduction_factor": 3},
 }
-# (6 sampled configs + 2 archs x 2 stems baselines) x 2 seeds
-MAIN_PLANNED = (6 + 2 * 2) * 2
+# (6 sampled configs + 2 archs x 2 stems x (alpha 0 + its KD twin) baselines) x 2 seeds
+MAIN_PLANNED = (6 + 2 * 2 * 2) * 2
 
 RESUME_SEARCH = {
     "name": "resume",
@@ -88,7 +89,8 @@ RESUME_SEARCH = {
     "checkpoint_every_s": 0,
 }
 RESUME_PLANNED = 7
-CONFIG_KEYS = ["kd.temperature", "kd.alpha", "student.arch", "student.stem", "prune.ratio"]
+CONFIG_KEYS = ["kd.temperature", "kd.alpha", "student.arch", "student.stem", "prune.ratio",
+               "prune.method"]
 
 SWEEP_TIMEOUT = 300
 
@@ -158,7 +160,8 @@ def test_sweep_plans_and_records_one_complete_row_per_trial(sweep_run):
     assert set(df["status"]) <= {"completed", "stopped"}, df.loc[df["status"] == "errored",
                                                                   "error"].tolist()
     assert df[list(CONFIG_COLUMNS) + ["group", "data.label"]].notna().all().all()
-    assert (df["group"] == df["student.arch"]).all()
+    # the ASHA cost group: architecture, stem and input size
+    assert (df["group"] == df["student.arch"] + "|" + df["student.stem"] + "|32px").all()
     done = df[df["status"] == "completed"]
     metrics = ["val_acc", "test_acc", "teacher_test_acc", "latency_ms_b1_cpu",
                "throughput_ips_cpu", "size_mb_dense", "size_mb_sparse", "params",
@@ -170,8 +173,14 @@ def test_sweep_plans_and_records_one_complete_row_per_trial(sweep_run):
     assert done["val_acc"].between(0, 1).all() and done["test_acc"].between(0, 1).all()
     assert (done["latency_ms_b1_cpu"] > 0).all()
     assert (done["epochs_trained"] == EPOCHS).all()
-    # pruning happened at the searched ratio (a step grid of 0.1)
-    assert (done["sparsity_pruned"] - done["prune.ratio"]).abs().max() < 0.02
+    # pruning happened at the searched ratio (a step grid of 0.1): weights zeroed
+    # (unstructured), channels removed (channel, widths rounded to multiples of 8)
+    unstructured = done[done["prune.method"] == "unstructured"]
+    assert (unstructured["sparsity_pruned"] - unstructured["prune.ratio"]).abs().max() < 0.02
+    assert (unstructured["prune_ratio_achieved"] == unstructured["sparsity_pruned"]).all()
+    channel = done[done["prune.method"] == "channel"]
+    assert (channel["sparsity_pruned"] == 0).all()
+    assert (channel["prune_ratio_achieved"] - channel["prune.ratio"]).abs().max() < 0.3
     stopped = df[df["status"] == "stopped"]
     assert stopped["test_acc"].isna().all()
     assert (stopped["epochs_trained"] < EPOCHS).all() and (stopped["epochs_trained"] >= 1).all()
@@ -195,7 +204,7 @@ def test_every_sampled_value_lies_in_its_declared_range(sweep_run):
                 assert (k - k.round()).abs().max() < 1e-6, (key, values.tolist())
     assert (kd["teacher.stem"] == kd["student.stem"]).all()  # `stem` sets both
     # the sampler explored: more than one value of each searched key
-    for col in ("kd.temperature", "kd.alpha", "student.arch", "student.stem"):
+    for col in ("kd.temperature", "kd.alpha", "student.arch", "student.stem", "prune.method"):
         assert kd[col].nunique() > 1, col
 
 
@@ -208,13 +217,19 @@ def test_each_sampled_config_runs_once_per_seed(sweep_run):
     assert all(seeds == MAIN_SEARCH["seeds"] for seeds in per_config), per_config
 
 
-def test_baselines_run_each_arch_and_stem_once_per_seed_and_are_never_stopped(sweep_run):
+def test_baselines_are_alpha_0_and_its_kd_twin_per_arch_stem_seed_never_stopped(sweep_run):
     base = sweep_run.trials[sweep_run.trials["is_baseline"].astype(bool)]
-    assert (base["kd.alpha"] == 0).all()
     assert (base["status"] == "completed").all()
-    combos = sorted(zip(base["student.arch"], base["student.stem"], base["seed"]))
-    assert combos == sorted((a, s, seed) for a in ("cnn4", "resnet8")
-                            for s in ("standard", "cifar") for seed in (0, 1))
+    combos = sorted(zip(base["student.arch"], base["student.stem"], base["seed"],
+                        base["kd.alpha"]))
+    assert combos == sorted((a, s, seed, alpha) for a in ("cnn4", "resnet8")
+                            for s in ("standard", "cifar") for seed in (0, 1)
+                            for alpha in (0.0, 0.9))
+    # twins: equal in every config key but alpha (the base config's values)
+    others = [c for c in CONFIG_COLUMNS if c not in ("kd.alpha", "seed", "student.arch",
+                                                     "student.stem", "teacher.stem")]
+    for _, pair in base.groupby(["student.arch", "student.stem", "seed"]):
+        assert len(pair) == 2 and (pair[others].nunique(dropna=False) == 1).all()
     in_rungs = {t for rungs in sweep_run.asha["rungs"].values() for ids in rungs.values()
                 for t in ids}
     assert not in_rungs & set(base["trial_id"])
@@ -225,15 +240,21 @@ def test_asha_stopped_trials_and_never_across_architectures(sweep_run):
     rungs, stops = sweep_run.asha["rungs"], sweep_run.asha["stops"]
     stopped = set(df.index[df["status"] == "stopped"])
     assert stopped, "ASHA stopped no trial"
-    assert set(rungs) == {"cnn4", "resnet8"}
+    assert sweep_run.asha["group_by"] == ["student.arch", "student.stem", "data.resize"]
+    # 6 sampled configs over 4 groups: not every group need get one
+    assert 2 <= len(rungs) and set(rungs) <= {f"{a}|{s}|32px" for a in ("cnn4", "resnet8")
+                                              for s in ("standard", "cifar")}
     for group, by_milestone in rungs.items():
+        arch, stem, _ = group.split("|")
         for milestone, ids in by_milestone.items():
             assert ids and set(ids) <= set(df.index), (group, milestone)
-            assert (df.loc[ids, "student.arch"] == group).all(), (group, milestone, ids)
+            # never a standard-stem trial judged against a CIFAR-stem one, nor across archs
+            assert (df.loc[ids, "student.arch"] == arch).all(), (group, milestone, ids)
+            assert (df.loc[ids, "student.stem"] == stem).all(), (group, milestone, ids)
     assert {s["trial_id"] for s in stops} == stopped
     for s in stops:
         row = df.loc[s["trial_id"]]
-        assert s["group"] == row["student.arch"]
+        assert s["group"] == row["group"]
         assert s["epoch"] == row["epochs_trained"]
         # judged at a rung of its own group, where its result was recorded
         assert s["trial_id"] in rungs[s["group"]][str(float(s["epoch"]))]
@@ -258,16 +279,39 @@ def test_each_teacher_prepared_exactly_once(sweep_run):
         assert r["teacher_train_s"] == pytest.approx(t["train_s"])
 
 
-def test_completed_checkpoints_load_as_plain_state_dicts(sweep_run):
+def test_completed_checkpoints_reload_with_load_student(sweep_run):
     done = sweep_run.trials[sweep_run.trials["status"] == "completed"]
     for _, r in done.iterrows():
         path = Path(r["checkpoint"])
         assert path.is_file() and path.parent == sweep_run.dir / "checkpoints"
-        state = torch.load(path, weights_only=True, map_location="cpu")
-        model = create_model(r["student.arch"], num_classes=10, stem=r["student.stem"])
-        model.load_state_dict(state)  # pruning made permanent: plain weights, no masks
+        model = load_student(path)  # channel-pruned ones narrower than create_model builds
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert not any(k.endswith(("_orig", "_mask")) for k in state)  # pruning permanent
         assert int(r["params"]) == sum(p.numel() for p in model.parameters())
+        assert architecture_signature(model, r["student.arch"], r["student.stem"], 32) == \
+            r["arch_signature"]
     assert len(list((sweep_run.dir / "checkpoints").glob("*.pt"))) == len(done)
+
+
+def test_students_that_deploy_alike_share_one_latency_measurement(sweep_run):
+    done = sweep_run.trials[sweep_run.trials["status"] == "completed"]
+    cols = ["latency_ms_b1_cpu", "latency_ms_b1_cpu_p10", "latency_ms_b1_cpu_p90",
+            "throughput_ips_cpu"]
+    assert (done["latency_ms_b1_cpu_p10"] <= done["latency_ms_b1_cpu"]).all()
+    assert (done["latency_ms_b1_cpu"] <= done["latency_ms_b1_cpu_p90"]).all()
+    groups = done.groupby("arch_signature")
+    assert (groups[cols].nunique() == 1).all().all()  # one measurement per signature
+    assert (groups.size() == groups["latency_shared_by"].first()).all()
+    # unstructured pruning keeps the dense signature: every unstructured student of one arch
+    # and stem deploys as the same network; channel pruning gives narrower, distinct ones
+    unstructured = done[done["prune.method"] == "unstructured"]
+    assert (unstructured.groupby(["student.arch", "student.stem"])["arch_signature"]
+            .nunique() == 1).all()
+    channel = done[done["prune.method"] == "channel"]
+    assert not set(channel["arch_signature"]) & set(unstructured["arch_signature"])
+    n = done["arch_signature"].nunique()
+    assert f"measuring latency of {n} distinct networks ({len(done)} completed students)" \
+        in sweep_run.stdout
 
 
 def test_epochs_table_matches_epochs_trained(sweep_run):
@@ -288,7 +332,7 @@ PROGRESS = re.compile(
     r"|teacher \w+/\w+: (trained in|cache hit).*"
     r"|\[main\] \d\d:\d\d elapsed.*\| running \d+, completed \d+, stopped \d+, errored \d+ of "
     rf"{MAIN_PLANNED} \| best val_acc: .*"
-    r"|measuring latency of \d+ completed students.*"
+    r"|measuring latency of \d+ distinct networks \(\d+ completed students\).*"
     r"|sweep finished in .*|best by val_acc: .*|results: .*|dashboard: .*)$")
 
 
@@ -520,13 +564,13 @@ def test_resumed_sweep_epochs_and_rungs_are_consistent(resumed):
         got = sorted(ep.loc[ep["trial_id"] == r["trial_id"], "epoch"])
         assert got == list(range(1, int(r["epochs_trained"]) + 1)), (r["trial_id"], got)
     asha = json.loads((resumed.dir / "asha_rungs.json").read_text())
-    arch = df.set_index("trial_id")["student.arch"]
-    for group, by_milestone in asha["rungs"].items():
+    group = df.set_index("trial_id")["group"]
+    for g, by_milestone in asha["rungs"].items():
         for ids in by_milestone.values():
-            assert set(ids) <= set(arch.index) and (arch[ids] == group).all(), (group, ids)
+            assert set(ids) <= set(group.index) and (group[ids] == g).all(), (g, ids)
     stopped = set(df.loc[df["status"] == "stopped", "trial_id"])
     assert {s["trial_id"] for s in asha["stops"]} == stopped
-    assert all(s["group"] == arch[s["trial_id"]] for s in asha["stops"])
+    assert all(s["group"] == group[s["trial_id"]] for s in asha["stops"])
     assert "Traceback" not in resumed.c.stdout + resumed.c.stderr
 
 

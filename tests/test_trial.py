@@ -9,6 +9,9 @@ from conftest import SHARED_CIFAR, interrupt_then_resume
 from kdtune import trial as trial_mod
 from kdtune.cli import main
 from kdtune.config import trial_config
+from kdtune.data import DeviceData, load_split
+from kdtune.measure import accuracy, count_flops
+from kdtune.models import create_model, list_models, load_student
 from kdtune.trial import run_trial
 
 quiet = dict(log=lambda m: None)
@@ -38,7 +41,7 @@ def test_kd_prune_trial_end_to_end(tiny_raw, tmp_path):
     # CPU and train.precision/channels_last: auto -> the plain fp32, contiguous path
     assert r["precision"] == "fp32" and r["channels_last"] is False
     assert r["measure_precision"] == "fp32" and r["measure_channels_last"] is False
-    state = torch.load(tmp_path / "student.pt", weights_only=True)
+    state = torch.load(tmp_path / "student.pt", weights_only=True)["state_dict"]
     assert not any(k.endswith(("_orig", "_mask")) for k in state)
     convs = [v for k, v in state.items() if v.dim() == 4]
     zeros = sum(int((v == 0).sum()) for v in convs) / sum(v.numel() for v in convs)
@@ -64,11 +67,12 @@ def test_same_seed_same_numbers_and_seed_matters(tiny_raw):
     assert [h["train_loss"] for h in c["history"]] != [h["train_loss"] for h in a["history"]]
 
 
+@pytest.mark.parametrize("method", ["unstructured", "channel"])
 @pytest.mark.parametrize("stop_after", [1, 3])  # mid-training, and mid-fine-tune
-def test_resume_continues_exactly(tiny_raw, tmp_path, stop_after):
+def test_resume_continues_exactly(tiny_raw, tmp_path, stop_after, method):
     tiny_raw["teacher"]["cache"] = "none"
     tiny_raw["train"]["epochs"] = 3
-    tiny_raw["prune"] = {"ratio": 0.3, "finetune_epochs": 2}
+    tiny_raw["prune"] = {"ratio": 0.3, "finetune_epochs": 2, "method": method}
     cfg = trial_config(tiny_raw)
     full = run_trial(cfg, **quiet)
 
@@ -77,7 +81,13 @@ def test_resume_continues_exactly(tiny_raw, tmp_path, stop_after):
     assert [h["train_loss"] for h in resumed["history"]] == \
         pytest.approx([h["train_loss"] for h in full["history"]], rel=1e-5)
     assert resumed["test_acc"] == full["test_acc"]
-    assert resumed["sparsity_pruned"] == pytest.approx(0.3, abs=1e-3)
+    for k in ("prune_ratio_achieved", "flops", "params", "arch_signature"):
+        assert resumed[k] == full[k], k
+    if method == "unstructured":
+        assert resumed["sparsity_pruned"] == pytest.approx(0.3, abs=1e-3)
+    else:  # cnn4 (32/48/64/96 channels) at 0.3, widths rounded to multiples of 8
+        assert 0.2 < resumed["prune_ratio_achieved"] < 0.45
+        assert resumed["sparsity_pruned"] == 0
 
 
 def test_sizes_measured_only_when_they_can_change_but_reported_every_epoch(tiny_raw,
@@ -139,8 +149,8 @@ def test_cli_trial_prints_epochs_then_json(tiny_raw, tmp_path, capsys):
     assert saved["config"]["kd"]["alpha"] == 0.5
     for key in ("git_sha", "torch_version", "device", "seed", "dataset_label"):
         assert key in final
-    state = torch.load(final["checkpoint"], weights_only=True)
-    assert any(k.endswith("weight") for k in state)
+    student = load_student(final["checkpoint"])
+    assert student(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
     assert not (out / "trial_ckpt.pt").exists()
 
 
@@ -188,3 +198,23 @@ def test_no_two_kdtune_modules_import_each_other():
     assert pairs == []
     assert "kdtune.trial" not in imports["kdtune.teacher"]
     assert "kdtune.train" in imports["kdtune.teacher"]
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_channel_pruned_student_of_every_cnn_reloads_with_its_saved_accuracy(tiny_raw, tmp_path,
+                                                                             arch):
+    tiny_raw["kd"]["alpha"] = 0.0  # the student is what is checked: no teacher needed
+    tiny_raw["student"]["arch"] = arch
+    tiny_raw["data"].update(synthetic_train=100, val_size=50, synthetic_test=200)
+    tiny_raw["train"].update(epochs=1, batch_size=50)
+    tiny_raw["prune"] = {"method": "channel", "ratio": 0.4, "finetune_epochs": 1}
+    cfg = trial_config(tiny_raw)
+    r = run_trial(cfg, checkpoint_dir=tmp_path, **quiet)
+    dense = create_model(arch, 10, "cifar")
+    assert r["params"] < 0.9 * sum(p.numel() for p in dense.parameters())
+    assert r["flops"] < count_flops(dense)
+    assert 0.2 < r["prune_ratio_achieved"] < 0.6
+    student = load_student(tmp_path / "student.pt")
+    dd = DeviceData(load_split(cfg.data, cfg.cache_dir), torch.device("cpu"))
+    assert accuracy(student, dd.eval_batches("test", 256)) == r["test_acc"]
+    assert accuracy(student, dd.eval_batches("val", 256)) == r["val_acc"]

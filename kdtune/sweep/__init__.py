@@ -17,7 +17,7 @@ Layout of a run folder:
     teachers.json     each distinct teacher, prepared once before any trial (node, times)
     trials.parquet    a row per finished trial: status, flattened config, metrics, provenance
     epochs.parquet    per-epoch history of every trial
-    asha_rungs.json   ASHA's rungs per student architecture (what each stop was judged against)
+    asha_rungs.json   ASHA's rungs per cost group, arch|stem|input size (what each stop was judged against)
     checkpoints/      final student state_dicts of completed trials
     ray/              Ray Tune's experiment state (what --resume restores)
     ray-snapshot.pkl  the last whole copy of it (a kill can tear Tune's own files)

@@ -1,4 +1,5 @@
-"""GroupedASHA: asynchronous successive halving with one set of rungs per student architecture.
+"""GroupedASHA: asynchronous successive halving with one set of rungs per cost group (student
+architecture, stem, input resolution: plan.ASHA_GROUP_BY).
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ import copy
 
 from ..config import SweepConfig
 from ._ray import ray  # noqa: F401  (first: sets Ray's environment before Ray is imported)
-from .plan import BASELINE_KEY, GROUP_KEY
+from .plan import ASHA_GROUP_BY, BASELINE_KEY, cost_group, trial_cfg
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402  isort: skip
 
@@ -16,9 +17,10 @@ CONTINUE, STOP = "CONTINUE", "STOP"
 
 
 class GroupedASHA(FIFOScheduler):
-    """One ASHA per student architecture. A global rung compares a resnet8 against a mobilenet
-    at the same epoch and stops exactly the small, fast models a Pareto front needs;
-    per-architecture rungs judge like against like. Baselines are never stopped, so KD vs no-KD
+    """One ASHA per cost group. A global rung compares a resnet8 against a mobilenet at the
+    same epoch and stops exactly the small, fast models a Pareto front needs; so would a rung
+    shared by a standard-stem student (fast, a 16x smaller feature map) and its CIFAR-stem
+    twin. Rungs per architecture x stem x input resolution judge like against like. Baselines are never stopped, so KD vs no-KD
     compares equal budgets.
 
     Tune does not snapshot schedulers; `state()`/`load_state()` let ResultsWriter carry the rungs
@@ -26,13 +28,14 @@ class GroupedASHA(FIFOScheduler):
     repeats a stop that was decided before the snapshot."""
 
     def __init__(self, metric: str, mode: str, max_t: int, grace_period: int,
-                 reduction_factor: float):
+                 reduction_factor: float, base: dict | None = None):
         super().__init__()
+        self.base = base or {}  # the sweep's base config: a trial's group needs its defaults
         self.asha_metric, self.asha_mode = metric, mode
         self.max_t = max_t
         self.grace_period = min(grace_period, max_t)
         self.reduction_factor = reduction_factor
-        self.groups: dict = {}  # student arch -> ASHAScheduler
+        self.groups: dict = {}  # cost group -> ASHAScheduler
         self.group_of: dict[str, str] = {}
         self.decisions: list[dict] = []
         self.stopped: dict[str, int] = {}  # trial id -> epoch it was stopped at
@@ -51,7 +54,7 @@ class GroupedASHA(FIFOScheduler):
     def on_trial_add(self, controller, trial):
         if trial.config.get(BASELINE_KEY):
             return
-        g = str(trial.config.get(GROUP_KEY, "default"))
+        g = cost_group(trial_cfg(self.base, trial.config))
         self.group_of[trial.trial_id] = g
         self._group(g).on_trial_add(controller, trial)
 
@@ -88,6 +91,9 @@ class GroupedASHA(FIFOScheduler):
         if s is not None:
             s._trial_info.pop(trial.trial_id, None)
 
+    def group_by(self) -> list[str]:
+        return list(ASHA_GROUP_BY)
+
     def rungs(self) -> dict:
         return {g: {str(m): sorted(rec) for b in s._brackets for m, rec in b._rungs}
                 for g, s in self.groups.items()}
@@ -120,10 +126,12 @@ class GroupedASHA(FIFOScheduler):
         return "GroupedASHA: " + ", ".join(f"{g}" for g in self.groups)
 
 
-def make_scheduler(sw: SweepConfig, max_t: int) -> GroupedASHA:
+def make_scheduler(sw: SweepConfig, max_t: int, base: dict) -> GroupedASHA:
+    """ASHA judges the first objective (val_acc in a multi-objective sweep: a rung compares
+    trials of one group, whose FLOPs and size are equal until pruning)."""
     metric = next(iter(sw.search.objectives))
     a = sw.search.asha
     return GroupedASHA(metric, sw.search.objectives[metric], max_t, a.grace_period,
-                       a.reduction_factor)
+                       a.reduction_factor, base)
 
 

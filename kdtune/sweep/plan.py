@@ -14,6 +14,11 @@ from ..config import STEM_SHORTHAND, SweepConfig, TrialConfig, trial_config
 SEED_KEY = "seed"
 BASELINE_KEY = "is_baseline"
 GROUP_KEY = "student.arch"
+# What sets a trial's cost per epoch before its first rung: ASHA compares trials at the same
+# epoch, so only trials that paid the same per epoch may be judged against each other. A
+# standard-stem student works on a 16x smaller map than its CIFAR-stem twin; a resize to 224 px
+# costs ~49x. (Pruning comes after the rungs a trial is usually stopped at.)
+ASHA_GROUP_BY = ("student.arch", "student.stem", "data.resize")
 
 
 def resolve_paths(raw: dict) -> dict:
@@ -45,6 +50,11 @@ def trial_cfg(base: dict, flat_config: dict) -> TrialConfig:
     return trial_config(base, expand(flat_config))
 
 
+def cost_group(cfg: TrialConfig) -> str:
+    """The ASHA group of a trial: its values of ASHA_GROUP_BY, e.g. "resnet20|cifar|32px"."""
+    return f"{cfg.student.arch}|{cfg.student.stem}|{cfg.data.resize or 32}px"
+
+
 def _values(spec) -> list:
     return list(spec.values) if spec.values is not None else []
 
@@ -64,7 +74,10 @@ def teacher_configs(sw: SweepConfig, base: dict) -> list[TrialConfig]:
 
 
 def baseline_configs(sw: SweepConfig) -> list[dict]:
-    """alpha=0 (no-KD) runs for each student arch x stem the space can produce, same budget."""
+    """For each student arch x stem the space can produce, two fixed runs of the base config,
+    never stopped early: alpha = 0 (no KD) and its KD twin (the base alpha; 0.9 if the base
+    has none). Equal in everything but alpha, seeds included, they are the like-for-like KD vs
+    no-KD comparison: a searched KD side against one untuned no-KD run is not."""
     if not sw.search.baseline:
         return []
     arch = _values(sw.space[GROUP_KEY]) if GROUP_KEY in sw.space else [sw.base.student.arch]
@@ -74,8 +87,9 @@ def baseline_configs(sw: SweepConfig) -> list[dict]:
         stems, stem_key = _values(sw.space["student.stem"]), "student.stem"
     else:
         stems, stem_key = [sw.base.student.stem], "student.stem"
-    return [{GROUP_KEY: a, stem_key: s, "kd.alpha": 0.0, BASELINE_KEY: True}
-            for a in arch for s in stems]
+    twin_alpha = sw.base.kd.alpha or 0.9
+    return [{GROUP_KEY: a, stem_key: s, "kd.alpha": alpha, BASELINE_KEY: True}
+            for a in arch for s in stems for alpha in (0.0, twin_alpha)]
 
 
 def n_trials(sw: SweepConfig) -> int:

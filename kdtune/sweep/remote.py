@@ -20,7 +20,7 @@ import torch
 from .. import measure
 from ..config import trial_config
 from ..data import DeviceData
-from ..models import create_model
+from ..models import load_student
 from ..teacher import prepare_teacher, teacher_key
 from ..train import resolve_channels_last, resolve_device, resolve_precision
 from ..trial import run_trial
@@ -104,17 +104,13 @@ def prepare_one(cfg_dict: dict, split, want_views: bool, threads: int, expected=
 
 def measure_jobs(jobs: list[dict], threads: int, expected=None) -> dict:
     """Latency of each student on this node's GPU (if torch sees one) and its CPU with
-    `threads` threads, one model at a time."""
+    `threads` threads, one model at a time; keyed by each job's "key"."""
     where = check_worker(expected) if expected is not None else {}
     out = {}
     devices = [torch.device(d) for d in (["cuda"] if torch.cuda.is_available() else [])
                + ["cpu"]]
     for job in jobs:
-        state = torch.load(io.BytesIO(job["state"]), weights_only=True, map_location="cpu")
-        num_classes = next(v for k, v in reversed(state.items())
-                           if k.endswith("weight")).shape[0]
-        model = create_model(job["arch"], num_classes=num_classes, stem=job["stem"])
-        model.load_state_dict(state)
+        model = load_student(io.BytesIO(job["state"]), arch=job["arch"], stem=job["stem"])
         row = {"measure_node": where.get("node")}
         for dev in devices:
             m = measure.measure_speed(
@@ -125,11 +121,12 @@ def measure_jobs(jobs: list[dict], threads: int, expected=None) -> dict:
                 channels_last=resolve_channels_last(job["channels_last"], dev))
             tag = "gpu" if dev.type == "cuda" else "cpu"
             row[f"latency_ms_b1_{tag}"] = m["latency_ms_b1"]
+            row[f"latency_ms_b1_{tag}_p10"] = m["latency_ms_b1_p10"]
             row[f"latency_ms_b1_{tag}_p90"] = m["latency_ms_b1_p90"]
             row[f"throughput_ips_{tag}"] = m["throughput_ips"]
             row[f"{tag}_device"] = m["measure_device"]
             row[f"{tag}_precision"] = m["measure_precision"]
             if tag == "cpu":
                 row["cpu_threads"] = m["measure_threads"]
-        out[job["trial_id"]] = row
+        out[job["key"]] = row
     return out

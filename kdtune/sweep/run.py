@@ -75,24 +75,37 @@ def measure_all(run_dir: Path, base: dict, cpu_threads: int, use_gpu: bool, node
     todo = df[(df["status"] == "completed") & df["checkpoint"].notna()]
     if todo.empty:
         return
-    jobs = []
+    # One measurement per deployed network: students with the same architecture signature
+    # (arch, stem, input size, layer widths; unstructured pruning keeps the unpruned one) run
+    # the same kernels, so timing each separately would only turn timing noise into made-up
+    # differences between them. The shared measurement's p10..p90 is the spread a difference
+    # must exceed.
+    jobs, members = {}, {}
     for _, r in todo.iterrows():
         cfg = trial_cfg(base, {k: r[k] for k in ("student.arch", "student.stem", "data.resize",
                                                  "train.precision", "train.channels_last")
                                if k in r})
+        sig = r.get("arch_signature")
+        key = (f"{sig}|{cfg.train.precision}|cl={cfg.train.channels_last}"
+               if isinstance(sig, str) and sig else str(r["trial_id"]))
+        members.setdefault(key, []).append(r["trial_id"])
+        if key in jobs:
+            continue
         # the run's own copy: the column may name a URI, or a folder the run was moved from
         state = (run_dir / "checkpoints" / f"{r['trial_id']}.pt").read_bytes()
-        jobs.append({"trial_id": r["trial_id"], "arch": cfg.student.arch,
+        jobs[key] = {"key": key, "trial_id": r["trial_id"], "arch": cfg.student.arch,
                      "stem": cfg.student.stem, "state": state,
                      "input_size": cfg.data.resize or 32, "warmup": cfg.measure.warmup,
                      "runs": cfg.measure.runs, "batch": cfg.measure.throughput_batch,
                      "precision": cfg.train.precision,
-                     "channels_last": cfg.train.channels_last})
+                     "channels_last": cfg.train.channels_last}
+    jobs = list(jobs.values())
+    what = f"{len(jobs)} distinct networks ({len(todo)} completed students)"
     if in_driver:
         import torch
 
         threads = torch.get_num_threads()
-        print(f"measuring latency of {len(jobs)} completed students, one at a time (CPU with "
+        print(f"measuring latency of {what}, one at a time (CPU with "
               f"{cpu_threads} thread(s))", flush=True)
         try:
             measured = measure_jobs(jobs, cpu_threads)
@@ -100,17 +113,19 @@ def measure_all(run_dir: Path, base: dict, cpu_threads: int, use_gpu: bool, node
             torch.set_num_threads(threads)
     else:
         opts = measure_task_options(nodes, use_gpu, cpu_threads)
-        print(f"measuring latency of {len(jobs)} completed students, one at a time "
+        print(f"measuring latency of {what}, one at a time "
               f"({'GPU and ' if use_gpu else ''}CPU with {opts['num_cpus']} thread(s))",
               flush=True)
         task = ray.remote(measure_jobs).options(**opts)
         measured = _get(task.remote(jobs, opts["num_cpus"], expected))
-    for tid, row in measured.items():
+    for key, row in measured.items():
+        row = {**row, "latency_shared_by": len(members[key])}
         for k, v in row.items():
             if k not in df.columns:
                 df[k] = None
-            df.loc[df["trial_id"] == tid, k] = v
-    for col in ("latency_ms_b1_gpu", "latency_ms_b1_gpu_p90", "throughput_ips_gpu"):
+            df.loc[df["trial_id"].isin(members[key]), k] = v
+    for col in ("latency_ms_b1_gpu", "latency_ms_b1_gpu_p10", "latency_ms_b1_gpu_p90",
+                "throughput_ips_gpu"):
         if col not in df.columns:
             df[col] = float("nan")
     write_parquet(df, path)
@@ -313,7 +328,7 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
         fn = tune.with_resources(fn, {"cpu": r.cpu, "gpu": gpu_frac})
         prov = provenance()
         searcher = make_searcher(sw)
-        scheduler = make_scheduler(sw, max_t) if sw.search.scheduler == "asha" else None
+        scheduler = make_scheduler(sw, max_t, base) if sw.search.scheduler == "asha" else None
         storage_path, storage_fs = store.ray_storage()
         restore = resume and tune.Tuner.can_restore(store.ray_path,
                                                     storage_filesystem=storage_fs)

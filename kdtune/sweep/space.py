@@ -1,5 +1,5 @@
 """The search space as Optuna sees it, and the searcher that runs each Optuna suggestion once
-per seed (plus the fixed no-KD baselines) inside Ray Tune.
+per seed (plus the fixed baseline runs: alpha = 0 and its KD twin) inside Ray Tune.
 """
 
 from __future__ import annotations

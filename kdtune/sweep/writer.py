@@ -24,7 +24,7 @@ from ..errors import KDTuneError
 from ..results import NUMERIC_METRIC_COLUMNS
 from ..storage import RunStore, atomic_path
 from ._ray import ray, tune
-from .plan import BASELINE_KEY, GROUP_KEY, trial_cfg
+from .plan import BASELINE_KEY, GROUP_KEY, cost_group, trial_cfg
 
 # Tune's snapshot files in ray/ (and our consistent copy of them, see ResultsWriter)
 SNAPSHOT_FILES = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json")
@@ -276,7 +276,7 @@ class ResultsWriter(tune.Callback):
         cfg = trial_cfg(self.base, trial.config)
         row = {"trial_id": trial.trial_id, "status": status, "error": error,
                "restarts": self.restarts.get(trial.trial_id, 0),
-               "group": cfg.student.arch,
+               "group": cost_group(cfg),  # its ASHA rungs: arch|stem|input size
                "epochs_trained": int(result.get("epoch", 0) or 0),
                "wall_s": result.get("wall_s", result.get("time_total_s")),
                "checkpoint": None, "is_baseline": bool(trial.config.get(BASELINE_KEY)),
@@ -327,7 +327,8 @@ class ResultsWriter(tune.Callback):
                                    else ["trial_id", "epoch"]),
                       self.run_dir / "epochs.parquet")
         if self.scheduler is not None:
-            write_json({"rungs": self.scheduler.rungs(), "stops": self.scheduler.decisions},
+            write_json({"group_by": self.scheduler.group_by(), "rungs": self.scheduler.rungs(),
+                        "stops": self.scheduler.decisions},
                        self.run_dir / "asha_rungs.json")
         self.store.push("trials.parquet", "epochs.parquet", "asha_rungs.json", soft=True)
 
