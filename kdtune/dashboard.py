@@ -1705,7 +1705,9 @@ def render_html(data: _Data, panels: list[_Panel], report: dict) -> str:
     parts += [sec[k] for k in main_keys]
     parts.append(f"<section id='front-table'><h2>The front: what to deploy</h2><p class='expl'>"
                  f"Configurations on the Pareto front of the first chart ({CHOSEN_ON_VAL}), "
-                 f"cheapest first, with the checkpoint of their best seed.</p>"
+                 f"cheapest first, with the checkpoint of their best seed. Load one, pruned "
+                 f"or not, with <code>kdtune.models.load_student(path)</code>: a weights-only "
+                 f"file whose layer widths come from its tensors.</p>"
                  f"{_front_table(data)}</section>")
     parts.append(sec["front_3d"])
     parts.append(sec["parcoords"])

@@ -175,3 +175,20 @@ def test_sweep_plan_twins_each_no_kd_baseline_and_groups_asha_by_cost():
     assert cost_group(trial_cfg(base, {"student.arch": "cnn4", "stem": "standard"})) == \
         "cnn4|standard|64px"
     assert cost_group(trial_cfg(base, {"student.arch": "resnet8"})) == "resnet8|cifar|64px"
+
+
+def test_shipped_sweeps_validate_and_kd_prune_serves_the_study():
+    from pathlib import Path
+
+    from kdtune.config import load_sweep_config
+
+    sweeps = sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml"))
+    for path in sweeps:
+        raw = yaml.safe_load(path.read_text())
+        if "search" in raw:
+            load_sweep_config(path)  # raises on any stale or mistyped key
+    sw = load_sweep_config(Path(__file__).parents[1] / "sweeps" / "kd_prune.yaml")
+    # two objectives, so the search spreads along the front; both prune methods searched
+    assert sw.search.objectives == {"val_acc": "max", "flops": "min"}
+    assert set(sw.space["prune.method"].values) == {"unstructured", "channel"}
+    assert sw.search.baseline
