@@ -462,13 +462,21 @@ def load_sweep_config(path: str | Path, overrides=None) -> SweepConfig:
 
 
 def sweep_config(raw: dict, overrides=None, default_name: str = "sweep") -> SweepConfig:
+    # The objectives' order is meaning (ASHA judges the first; Optuna's directions follow it),
+    # and the plain-types copy below sorts keys: keep the order as written, or as overridden.
+    objectives = (raw.get("search") or {}).get("objectives")
+    order = list(objectives) if isinstance(objectives, dict) else []
     raw = yaml.safe_load(yaml.safe_dump(raw))
     search_raw = raw.pop("search") or {}
     for key, value in overrides or []:
         set_dotted(search_raw if key.startswith("search.") else raw,
                    key[len("search."):] if key.startswith("search.") else key, value)
+        if key == "search.objectives" and isinstance(value, dict):
+            order = list(value)
     base = trial_config(raw)
     search = build(SearchConfig, search_raw, "search")
+    if isinstance(search.objectives, dict) and set(order) == set(search.objectives):
+        search.objectives = {k: search.objectives[k] for k in order}
     if search.name is None:
         search.name = default_name
     space: dict[str, ParamSpec] = {}

@@ -192,3 +192,22 @@ def test_shipped_sweeps_validate_and_kd_prune_serves_the_study():
     assert sw.search.objectives == {"val_acc": "max", "flops": "min"}
     assert set(sw.space["prune.method"].values) == {"unstructured", "channel"}
     assert sw.search.baseline
+
+
+@pytest.mark.parametrize("objectives", [{"val_acc": "max", "flops": "min"},
+                                        {"flops": "min", "val_acc": "max"}])
+def test_objectives_keep_the_order_written(objectives, tmp_path):
+    # ASHA judges the first objective: sorting them would make it judge by FLOPs
+    from kdtune.config import load_sweep_config, sweep_config
+    from kdtune.sweep.asha import make_scheduler
+
+    sw = sweep_config({"search": {"objectives": objectives}})
+    assert list(sw.search.objectives) == list(objectives)
+    assert make_scheduler(sw, 5, sw.base.to_dict()).asha_metric == next(iter(objectives))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"search": {"objectives": objectives}}, sort_keys=False))
+    assert list(load_sweep_config(path).search.objectives) == list(objectives)
+    flipped = dict(reversed(list(objectives.items())))
+    over = sweep_config({"search": {"objectives": objectives}},
+                        [("search.objectives", flipped)])
+    assert list(over.search.objectives) == list(flipped)

@@ -348,6 +348,8 @@ def test_progress_is_one_compact_line_per_event_without_ray_logs(sweep_run):
     assert len(progress) <= 2 * MAIN_PLANNED + sweep_run.wall / 10 + 2
     last = progress[-1]
     assert re.search(r"completed \d+, stopped \d+, errored 0 of", last)
+    # one best per student architecture, each named once
+    assert re.search(r"best val_acc: cnn4 \d+\.\d% resnet8 \d+\.\d%$", last), last
     assert "dashboard: " in lines[-1]
 
 
@@ -713,3 +715,29 @@ def test_a_column_of_mixed_types_is_written_as_text_not_lost(tmp_path):
     assert pd.isna(back["train.channels_last"][2])
     assert back["val_acc"].tolist()[:2] == [0.5, 1.0]
 
+
+
+def test_multi_objective_search_tells_optuna_both_means_over_the_seeds():
+    """kd_prune.yaml's search: validation accuracy up and FLOPs down, each suggestion run once
+    per seed; Optuna must see both objectives, averaged over the seeds, in their directions."""
+    import optuna
+
+    from kdtune.config import sweep_config
+    from kdtune.sweep.space import SeededSearch
+
+    sw = sweep_config({"search": {
+        "space": {"prune.method": {"type": "choice", "values": ["unstructured", "channel"]},
+                  "prune.ratio": {"type": "uniform", "low": 0.0, "high": 0.7}},
+        "objectives": {"val_acc": "max", "flops": "min"}, "seeds": [0, 1], "num_samples": 2}})
+    search = SeededSearch(sw)
+    first, second = search.suggest("t1"), search.suggest("t2")
+    assert {k: v for k, v in first.items() if k != "seed"} == \
+        {k: v for k, v in second.items() if k != "seed"}
+    assert (first["seed"], second["seed"]) == (0, 1)
+    search.on_trial_complete("t1", {"val_acc": 0.5, "flops": 3e7})
+    search.on_trial_complete("t2", {"val_acc": 0.7, "flops": 3e7})
+    study = search.inner._ot_study
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE,
+                                optuna.study.StudyDirection.MINIMIZE]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 1 and done[0].values == pytest.approx([0.6, 3e7])

@@ -340,13 +340,14 @@ class ResultsWriter(tune.Callback):
         st = pd.Series([r["status"] for r in self.rows.values()], dtype=object)
         running = sum(1 for t in trials if t.status == RUNNING)
         best = {}
+        # per student architecture (rows' "group" is the finer ASHA cost group)
         for r in list(self.rows.values()) + [
-                {"group": str(t.config.get(GROUP_KEY, self.base["student"]["arch"])),
+                {GROUP_KEY: str(t.config.get(GROUP_KEY, self.base["student"]["arch"])),
                  "val_acc": self.last[t.trial_id].get("val_acc")}
                 for t in trials if t.trial_id in self.last]:
             v = r.get("val_acc")
             if v is not None and v == v:
-                best[r["group"]] = max(best.get(r["group"], 0), v)
+                best[r[GROUP_KEY]] = max(best.get(r[GROUP_KEY], 0), v)
         elapsed = now - self.t0
         left = max(self.planned * self.max_t - len(self.epochs), 0)
         eta = f", ~{fmt_t(elapsed / self.session_epochs * left)} left at most" \
