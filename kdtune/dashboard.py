@@ -1384,7 +1384,8 @@ def _front_table(data: _Data) -> str:
     headers = ["#", "student", "stem", "T", "α", "ε", "prune", "val. acc. (%) (chosen on)",
                "test acc. (%) ± 95 % CI"]
     headers += [f"{lat.name} latency (ms), p10–p90" for lat in data.latencies]
-    int8 = "test_acc_onnx_int8_mean" in data.agg and data.agg["test_acc_onnx_int8_mean"].notna().any()
+    int8 = "test_acc_onnx_int8_mean" in data.agg and \
+        data.agg["test_acc_onnx_int8_mean"].notna().any()
     if int8:
         headers.append("INT8 test acc. (%) (onnxruntime)")
     if data.size:
@@ -1775,7 +1776,8 @@ def render_html(data: _Data, panels: list[_Panel], report: dict) -> str:
                  f"Configurations on the Pareto front of the first chart ({CHOSEN_ON_VAL}), "
                  f"cheapest first, with the checkpoint of their best seed. Load one, pruned "
                  f"or not, with <code>kdtune.models.load_student(path)</code>: a weights-only "
-                 f"file whose layer widths come from its tensors.</p>"
+                 f"file whose layer widths come from its tensors; or write it as one ONNX file "
+                 f"with its card, <code>kdtune export RUN_DIR --trial ID [--int8]</code>.</p>"
                  f"{_front_table(data)}</section>")
     parts.append(sec["front_3d"])
     parts.append(sec["parcoords"])

@@ -16,9 +16,11 @@ test images, 1 thread, AMD EPYC (AVX-512 VNNI), onnxruntime 1.32:
 
 MEASURED_TABLE
 
-PyTorch's pt2e flow was not an option here: in torch 2.14 it lives in torchao, and its
-output does not export to an onnxruntime graph. ``reduce_range`` is off: it guards against
-int16 saturation on CPUs without VNNI; on VNNI (and ARM) it only throws away a bit.
+Why onnxruntime's quantizer and not PyTorch's pt2e flow: torch 2.14 no longer ships pt2e
+(``torch.ao.quantization.quantize_pt2e`` moved to torchao, one more dependency), and the file
+runs in onnxruntime, whose quantizer writes exactly the QDQ pattern its kernels fuse.
+``reduce_range`` is off: it guards against int16 overflow in the u8s8 kernels of CPUs without
+VNNI; this one has VNNI, and so do current x86 servers and ARM.
 
 Latency: an ``InferenceSession`` with ``intra_op_num_threads`` = measure.cpu_threads (1 by
 default) and one inter-op thread, sequential execution, full graph optimisation; batch-1
