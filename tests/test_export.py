@@ -217,11 +217,13 @@ def test_cli_export_int8_agrees_with_fp32_on_most_test_images(trained, tmp_path)
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
 
 
-def test_int8_keeps_mobilenets_hardswish_and_squeeze_excitation_in_float(tmp_path):
-    """Convolutions and the classifier run on INT8 (DequantizeLinear feeds both their inputs,
-    onnxruntime fuses them into QLinearConv/QGemm); hardswish (x * hardsigmoid(x) once
-    onnxruntime's pre-processing has split it) and the squeeze-excitation gate stay float: a
-    hardsigmoid's output goes straight into its Mul, never through a QuantizeLinear."""
+def test_int8_runs_mobilenets_convs_and_squeeze_excitation_on_integer_kernels(tmp_path):
+    """What onnxruntime makes of the INT8 file: every convolution, the classifier, the
+    residual adds and the squeeze-excitation / hardswish products (Mul) become integer kernels;
+    the hardsigmoids (no integer kernel exists) stay float, between a DequantizeLinear and a
+    QuantizeLinear."""
+    import collections
+
     import onnx
 
     model = _random_bn(create_model("mobilenet_v3_small", 10, "cifar"), seed=5)
@@ -234,18 +236,40 @@ def test_int8_keeps_mobilenets_hardswish_and_squeeze_excitation_in_float(tmp_pat
     for n in graph.node:
         for i in n.input:
             used_by.setdefault(i, []).append(n.op_type)
-    ops = [n.op_type for n in graph.node]
-    assert ops.count("Conv") == 52 and ops.count("Gemm") == 2
     for node in graph.node:
-        if node.op_type in ("Conv", "Gemm"):
-            assert [made_by.get(i) for i in node.input[:2]] == ["DequantizeLinear"] * 2
-        if node.op_type in ("HardSigmoid", "HardSwish"):
-            assert used_by[node.output[0]] in (["Mul"], []), node.name
-        if node.op_type == "Mul":  # one factor is always a float hardsigmoid
-            assert "HardSigmoid" in [made_by.get(i) for i in node.input], node.name
-    assert ops.count("HardSigmoid") == 28  # 19 hardswish + 9 squeeze-excitation gates
+        if node.op_type == "HardSigmoid":
+            assert made_by[node.input[0]] == "DequantizeLinear", node.name
+            assert used_by[node.output[0]] == ["QuantizeLinear"], node.name
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "as_run.onnx")
+    ort.InferenceSession(str(int8), so, providers=["CPUExecutionProvider"])
+    ran = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    fp32_ops = collections.Counter(n.op_type for n in onnx.load(str(fp32)).graph.node)
+    assert ran["QLinearConv"] == fp32_ops["Conv"] == 52 and ran["Conv"] == 0
+    assert ran["QGemm"] == 2 and ran["QLinearAdd"] == fp32_ops["Add"] == 6
+    # 19 hardswish (split by onnxruntime into x * hardsigmoid(x)) + 9 squeeze-excitation gates
+    assert ran["QLinearMul"] == 28 and ran["Mul"] == 0
+    assert ran["HardSigmoid"] == 28
     # it runs, and agrees with the fp32 file on most of its own calibration images
     assert (_predict(int8, calib) == _predict(fp32, calib)).mean() >= 0.5
+
+
+@pytest.mark.parametrize("resize", [None, 64])
+def test_card_preprocessing_is_what_kdtune_evaluates_on_with_and_without_resize(tiny_raw,
+                                                                                resize):
+    """data.resize (e.g. 224 for an ImageNet stem): the card names a bilinear resize, and
+    following it gives the very tensor DeviceData feeds the student for evaluation."""
+    cfg = trial_config(tiny_raw)
+    split = load_split(cfg.data, cfg.cache_dir)
+    dd = DeviceData(split, torch.device("cpu"), augment=False, resize=resize)
+    prep = export.preprocessing(split.mean, split.std, 32, dd.input_size)
+    assert prep["input_size"] == [dd.input_size] * 2
+    assert (prep["resize"] is None) == (resize is None)
+    if resize:
+        assert prep["resize"]["to"] == [64, 64] and prep["resize"]["method"] == "bilinear"
+    want = next(dd.eval_batches("test", 16))[0].numpy()
+    np.testing.assert_allclose(export.preprocess(split.x_test[:16], prep), want, atol=1e-5)
 
 
 def _fake_run(root: Path, folder: Path, cfg, ids=("t_a", "t_b")) -> Path:
