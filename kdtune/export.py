@@ -628,7 +628,10 @@ def export_student(path: str | Path, trial: str | None = None, fmt: str = "onnx"
     if (arch, stem) != (cfg.student.arch, cfg.student.stem):
         raise KDTuneError(f"{src.checkpoint}: holds a {arch}/{stem} student but its config "
                           f"says {cfg.student.arch}/{cfg.student.stem}")
-    arrays = load_arrays(cfg.data, cfg.cache_dir)
+    try:
+        arrays = load_arrays(cfg.data, cfg.cache_dir)
+    except KDTuneError as e:  # the card's statistics come from this data: it must be found
+        raise KDTuneError(f"{e} (the student's data; --data-root DIR if it moved)") from None
     split = make_split(arrays, cfg.data)
     source_size = split.x_train.shape[-1]
     input_size = cfg.data.resize or source_size

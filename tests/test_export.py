@@ -324,6 +324,11 @@ def test_cli_export_from_a_sweep_run_with_trial(trained, tmp_path, capsys):
 def test_export_mistakes_are_one_line_and_exit_2(trained, tmp_path, capsys):
     folder, cfg, _, _ = trained
     run = _fake_run(tmp_path, folder, cfg)
+    moved = tmp_path / "moved"  # a trial whose image folder is no longer where it was
+    shutil.copytree(folder, moved)
+    saved = json.loads((moved / "result.json").read_text())
+    saved["config"]["data"].update(dataset="imagefolder", root=str(tmp_path / "gone.tar.gz"))
+    (moved / "result.json").write_text(json.dumps(saved))
     cases = [
         ([str(tmp_path / "nope")], "no such file or folder"),
         ([str(run)], "name the student with --trial ID; completed trials: t_a, t_b"),
@@ -335,6 +340,7 @@ def test_export_mistakes_are_one_line_and_exit_2(trained, tmp_path, capsys):
         ([str(folder), "--out", str(tmp_path / "x.pt")], "ends in .onnx"),
         ([str(tmp_path)], "neither a trial folder"),
         ([str(run / "sweep.yaml")], "a checkpoint needs its config beside it"),
+        ([str(moved)], "does not exist (the student's data; --data-root DIR if it moved)"),
     ]
     for args, msg in cases:
         assert main(["export", *args]) == 2, args
