@@ -170,9 +170,9 @@ def main(argv=None) -> int:
     e.add_argument("--out", default=None, metavar="FILE", help="the .onnx file (default: "
                    "student[_int8].onnx in a trial folder, RUN/export/ID[_int8].onnx for a "
                    "run); the card goes beside it as NAME.card.json")
-    e.add_argument("--data-root", default=None, help="data.root, where the data now lives if "
-                   "not where the trial found it (the same data: its statistics are the "
-                   "preprocessing)")
+    e.add_argument("--data-root", default=None, metavar="DIR",
+                   help="data.root, where the data now lives if not where the trial found it "
+                        "(the same data: its statistics are the preprocessing)")
     e.set_defaults(fn=cmd_export)
 
     b = sub.add_parser("bench", help="measure kdtune's speed-ups against the notebook way")
