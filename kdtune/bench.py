@@ -12,6 +12,12 @@ same device, one after the other, so machine load and clock speed cancel out as 
 5. pruning: batch-1 latency and batch-256 throughput of resnet20 (CIFAR stem) and
    mobilenet_v3_small, dense vs channel-pruned at 0.3 and 0.5 (and unstructured at 0.5, which
    leaves dense kernels: the row that shows why the study needs channel pruning).
+6. ONNX (when onnxruntime is installed): resnet20 (CIFAR stem) and mobilenet_v3_small, each
+   trained a few epochs on the bench's data, exported to ONNX fp32 and static INT8
+   (kdtune.export, as `kdtune export` and a sweep's measure.onnx write them): onnxruntime
+   batch-1 latency on 1 CPU thread, INT8/fp32 ratio, file size, and the INT8 file's test
+   accuracy against the fp32 file's. The accuracy change needs trained weights: how trained
+   they are (epochs, images, accuracy) is printed with it.
 """
 
 from __future__ import annotations
@@ -239,6 +245,84 @@ def print_pruning(rows: list[dict], label: str) -> None:
               f"{r['throughput_ips']:>12.0f}{r['throughput_ratio']:>7.2f}x")
 
 
+def bench_onnx(data: dict, split, device, epochs: int, runs: int,
+               archs=("resnet20", "mobilenet_v3_small"), log=lambda m: None) -> dict:
+    """fp32 vs static INT8 in onnxruntime (1 CPU thread) of students trained `epochs` epochs
+    on the bench's `split` (no KD: kd.alpha 0, so no teacher), test accuracy of both files."""
+    import tempfile
+
+    from . import export
+    from .trial import run_trial
+
+    rows = []
+    prep = export.preprocessing(split.mean, split.std, split.x_train.shape[-1],
+                                split.x_train.shape[-1])
+    calib = export.preprocess(export.calibration_images(split.x_train,
+                                                        export.RECIPE.calibration_images), prep)
+    size = split.x_train.shape[-1]
+    with tempfile.TemporaryDirectory(prefix="kdtune-bench-onnx-") as tmp:
+        for arch in archs:
+            cfg = trial_config({"data": data, "student": {"arch": arch, "stem": "cifar"},
+                                # small CPU batches: more steps for the same images, which
+                                # mobilenet_v3_small needs to leave chance at all
+                                "train": {"epochs": epochs, "batch_size": 64 if device.type
+                                          == "cpu" else 512},
+                                "kd": {"alpha": 0.0}, "measure": {"latency": False},
+                                "device": device.type})
+            t0 = time.perf_counter()
+            trained = run_trial(cfg, split=split, log=log)
+            train_s = time.perf_counter() - t0
+            model = trained["model"].cpu()
+            fp32 = export.export_fp32(model, Path(tmp) / f"{arch}.onnx", size)
+            int8 = export.quantize_int8(fp32, Path(tmp) / f"{arch}_int8.onnx", calib)
+            out = {"model": f"{arch}/cifar", "epochs": epochs, "train_images": len(split.y_train),
+                   "classes": split.num_classes,
+                   "train_s": train_s, "pytorch_test_acc": trained["test_acc"],
+                   "test_images": len(split.y_test)}
+            top = {}
+            for tag, path in (("fp32", fp32), ("int8", int8)):
+                top[tag] = export.predict(export.session(path), split.x_test, prep)
+                m = export.time_session(export.session(path, 1), size, warmup=20, runs=runs)
+                out.update({f"{k}_{tag}": v for k, v in m.items()})
+                out[f"size_mb_{tag}"] = export.file_mb(path)
+                out[f"test_acc_{tag}"] = float((top[tag] == split.y_test).mean())
+            out["latency_ratio"] = out["latency_ms_b1_int8"] / out["latency_ms_b1_fp32"]
+            out["size_ratio"] = out["size_mb_int8"] / out["size_mb_fp32"]
+            out["accuracy_change_pp"] = 100 * (out["test_acc_int8"] - out["test_acc_fp32"])
+            out["top1_agreement"] = float((top["int8"] == top["fp32"]).mean())
+            rows.append(out)
+    return {"device": export.device_label(1), "recipe": export.RECIPE.summary(len(calib)),
+            "rows": rows}
+
+
+def print_onnx(report: dict) -> None:
+    rows = report["rows"]
+    r0 = rows[0]
+    print(f"ONNX: fp32 vs static INT8 in onnxruntime on {report['device']}; INT8: "
+          f"{report['recipe']}. Students trained {r0['epochs']} epoch(s) on "
+          f"{r0['train_images']} images without KD (a quick, not a converged, training: see "
+          f"their accuracy), tested on {r0['test_images']} images")
+    print(f"  {'student':<28}{'PyTorch acc':>12}{'file':>6}{'b1 ms (p10-p90)':>22}"
+          f"{'x fp32':>8}{'MB':>8}{'test acc':>10}{'change':>11}{'top-1 = fp32':>14}")
+    for r in rows:
+        chance = r["pytorch_test_acc"] <= 1 / r["classes"] + 0.02
+        for tag in ("fp32", "int8"):
+            first = tag == "fp32"
+            spread = (f"{r[f'latency_ms_b1_{tag}']:.3f} ({r[f'latency_ms_b1_p10_{tag}']:.3f}-"
+                      f"{r[f'latency_ms_b1_p90_{tag}']:.3f})")
+            name = r["model"] if first else ""
+            trained = f"{r['pytorch_test_acc']:.1%}" if first else ""
+            ratio = 1.0 if first else r["latency_ratio"]
+            change = "" if first else f"{r['accuracy_change_pp']:+.2f} pp"
+            agree = "" if first else f"{r['top1_agreement']:.1%}"
+            print(f"  {name:<28}{trained:>12}{tag:>6}{spread:>22}{ratio:>7.2f}x"
+                  f"{r[f'size_mb_{tag}']:>8.3f}{r[f'test_acc_{tag}']:>10.2%}{change:>11}"
+                  f"{agree:>14}")
+        if chance:
+            print(f"  ({r['model']} is still at chance after this training: its accuracy "
+                  "change and agreement say nothing; train longer, e.g. --train-subset)")
+
+
 def run_bench(args) -> dict:
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -265,6 +349,19 @@ def run_bench(args) -> dict:
                   {**data, "val_size": 500, "train_subset": n_train}, split, device,
                   cfg.train.batch_size),
               "pruning": bench_pruning(device, runs=200 if cuda else 100)}
+    from .export import available
+
+    report["onnx"] = None
+    if available():
+        # The accuracy change needs trained students, so this section trains on more images
+        # than the speed sections need: on 500 images for 3 epochs mobilenet_v3_small stays at
+        # chance (its batch norms' running statistics, momentum 0.01, lag), and a model at
+        # chance agrees with any other on everything.
+        onnx_data = {**data, "val_size": 500,
+                     "train_subset": args.train_subset or (20000 if cuda else 5000)}
+        onnx_split = load_split(trial_config({"data": onnx_data}).data, cfg.cache_dir)
+        report["onnx"] = bench_onnx(onnx_data, onnx_split, device, epochs=15 if cuda else 5,
+                                    runs=300 if cuda else 100)
     d, t, p = report["data_pipeline"], report["teacher_cache"], report["precision"]
     print(f"{'what':<44}{'kdtune':>14}{'notebook way':>16}{'ratio':>8}")
     print(f"{'data: images/s (crop+flip+normalise)':<44}{d['images_per_s_kdtune']:>14.0f}"
@@ -286,6 +383,10 @@ def run_bench(args) -> dict:
               f"of a {r['epoch_ms']:.0f} ms epoch; measuring sizes every epoch, as before: "
               f"{r['before_ms']:.1f} ms = {r['before_share']:.1%}")
     print_pruning(report["pruning"], label)
+    if report["onnx"]:
+        print_onnx(report["onnx"])
+    else:
+        print("ONNX: skipped (pip install onnx onnxruntime onnxscript)")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     return report

@@ -1,4 +1,4 @@
-"""`kdtune` command line: trial, sweep, validate, dashboard, bench.
+"""`kdtune` command line: trial, sweep, validate, dashboard, export, bench.
 
 User mistakes (KDTuneError) end with one line on stderr and exit code 2, never a traceback.
 """
@@ -106,6 +106,14 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_student
+
+    export_student(args.source, trial=args.trial, fmt=args.format, int8=args.int8,
+                   out=args.out, data_root=args.data_root)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -148,6 +156,24 @@ def main(argv=None) -> int:
     d.add_argument("--cache-dir", default=None,
                    help="where a URI run's working copy goes (default ~/.cache/kdtune)")
     d.set_defaults(fn=cmd_dashboard)
+
+    e = sub.add_parser("export", help="write a trained student as one ONNX file (fp32 or "
+                       "INT8) with a JSON card beside it")
+    e.add_argument("source", metavar="CHECKPOINT_OR_RUN",
+                   help="a trial folder (kdtune trial --out), a sweep run folder (with --trial), "
+                        "or a student checkpoint inside either")
+    e.add_argument("--trial", default=None, metavar="ID", help="the trial of a sweep run")
+    # checked by export_student, not argparse choices: a wrong value is then one line
+    e.add_argument("--format", default="onnx", help="file format (onnx)")
+    e.add_argument("--int8", action="store_true", help="static INT8 quantization calibrated on "
+                   "the training split (onnxruntime)")
+    e.add_argument("--out", default=None, metavar="FILE", help="the .onnx file (default: "
+                   "student[_int8].onnx in a trial folder, RUN/export/ID[_int8].onnx for a "
+                   "run); the card goes beside it as NAME.card.json")
+    e.add_argument("--data-root", default=None, metavar="DIR",
+                   help="data.root, where the data now lives if not where the trial found it "
+                        "(the same data: its statistics are the preprocessing)")
+    e.set_defaults(fn=cmd_export)
 
     b = sub.add_parser("bench", help="measure kdtune's speed-ups against the notebook way")
     b.add_argument("--data", default=None, help="data.root of an imagefolder (default: the "

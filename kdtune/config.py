@@ -31,6 +31,8 @@ PRETRAINED = (None, "imagenet")
 # is how the CPU test suite runs the CUDA code paths.
 CHANNELS_LAST = ("auto", True, False)
 PRECISIONS = ("auto", "bf16", "fp32")
+# auto: on when onnx, onnxruntime and onnxscript are installed (kdtune.export.available)
+ONNX_MEASURE = ("auto", True, False)
 # run folders at a URI: what pyarrow.fs.FileSystem.from_uri opens (kdtune.storage)
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
 
@@ -134,6 +136,10 @@ class MeasureConfig:
     runs: int = _f(50, ge=1)
     throughput_batch: int = _f(256, ge=1)
     cpu_threads: int = _f(1, ge=1, doc="fixed thread count for CPU latency, so runs compare")
+    onnx: str | bool = _f("auto", choices=ONNX_MEASURE,
+                          doc="after a sweep, export every completed student to ONNX (fp32 and "
+                              "static INT8) and measure both in onnxruntime on the CPU with "
+                              "cpu_threads threads; auto: when onnxruntime is installed")
 
 
 @dataclass

@@ -54,6 +54,8 @@ from kdtune.results import (
     searched_keys,
     size_label,
     sweep_names,
+    target_accuracy,
+    TARGET_NAMES,
     welch_diff,
 )
 
@@ -69,6 +71,10 @@ ACC_LABEL = "test accuracy (%)"
 #: What every choice among configs is made on: choosing on the test split would tune on it.
 SELECT = "val_acc_mean"
 CHOSEN_ON_VAL = "front chosen on validation accuracy; test accuracy shown"
+# The INT8 target: its files' own accuracies, measured in onnxruntime
+ACC_LABEL_INT8 = "INT8 test accuracy (%, onnxruntime)"
+CHOSEN_ON_VAL_INT8 = ("front chosen on the INT8 files' validation accuracy; their test accuracy "
+                      "shown (onnxruntime)")
 
 SHORT = {
     "student.arch": "student",
@@ -98,6 +104,18 @@ METRIC_LABELS = {
     "latency_ms_b1_cpu_p10": ("CPU latency p10, batch 1", "ms"),
     "latency_ms_b1_cpu_p90": ("CPU latency p90, batch 1", "ms"),
     "throughput_ips_cpu": ("CPU throughput", "images/s"),
+    "latency_ms_b1_onnx_fp32": ("onnxruntime fp32 latency, batch 1", "ms"),
+    "latency_ms_b1_onnx_fp32_p10": ("onnxruntime fp32 latency p10, batch 1", "ms"),
+    "latency_ms_b1_onnx_fp32_p90": ("onnxruntime fp32 latency p90, batch 1", "ms"),
+    "latency_ms_b1_onnx_int8": ("onnxruntime INT8 latency, batch 1", "ms"),
+    "latency_ms_b1_onnx_int8_p10": ("onnxruntime INT8 latency p10, batch 1", "ms"),
+    "latency_ms_b1_onnx_int8_p90": ("onnxruntime INT8 latency p90, batch 1", "ms"),
+    "val_acc_onnx_int8": ("INT8 validation accuracy (onnxruntime)", "%"),
+    "test_acc_onnx_int8": ("INT8 test accuracy (onnxruntime)", "%"),
+    "test_acc_onnx_fp32": ("fp32 test accuracy (onnxruntime)", "%"),
+    "test_agree_onnx_int8": ("INT8 top-1 = fp32 top-1, test images", "%"),
+    "size_mb_onnx_fp32": ("ONNX fp32 file", "MB"),
+    "size_mb_onnx_int8": ("ONNX INT8 file", "MB"),
     "size_mb_min": ("size (smaller of dense/sparse)", "MB"),
     "size_mb_dense": ("size, dense", "MB"),
     "size_mb_sparse": ("size, sparse", "MB"),
@@ -241,9 +259,12 @@ def _jsonable(x):
 
 @dataclass
 class _Latency:
-    """One measured latency target (a GPU or the CPU): its columns, axis title and front."""
+    """One measured latency target (a GPU, the CPU, onnxruntime fp32 or INT8 on the CPU): its
+    columns, axis title, front, and the accuracy that goes with it: an INT8 file's own
+    accuracy, chosen on its validation accuracy, for the INT8 target; the student's for the
+    others."""
 
-    target: str  # "gpu" or "cpu"
+    target: str  # one of kdtune.results.LATENCY_TARGETS
     raw: str  # column of the trials table
     label: str  # axis title, with unit and device
     device: str  # where it was measured, e.g. "cpu Intel Xeon Platinum 8480, 1 thread"
@@ -258,7 +279,19 @@ class _Latency:
 
     @property
     def name(self) -> str:
-        return self.target.upper()
+        return TARGET_NAMES.get(self.target, self.target.upper())
+
+    @property
+    def acc(self) -> str:  # test accuracy shown with this latency (trials table column)
+        return target_accuracy(self.target)[0]
+
+    @property
+    def select(self) -> str:  # what its front is chosen on (agg column)
+        return f"{target_accuracy(self.target)[1]}_mean"
+
+    @property
+    def int8(self) -> bool:
+        return self.acc != ACC
 
 
 @dataclass
@@ -324,17 +357,18 @@ class _Data:
             else symbols[0]
 
 
-def _front(agg: pd.DataFrame, minimize: list[str]) -> pd.Series:
+def _front(agg: pd.DataFrame, minimize: list[str], acc: str = ACC,
+           select: str = SELECT) -> pd.Series:
     """Pareto front chosen on validation accuracy among the configs that have a test accuracy
     to show: choosing on the test accuracy it then reports would overstate the front."""
-    shown = agg[agg[f"{ACC}_mean"].notna()]
-    return pareto_front(shown, [SELECT], minimize).reindex(agg.index, fill_value=False)
+    shown = agg[agg[f"{acc}_mean"].notna()]
+    return pareto_front(shown, [select], minimize).reindex(agg.index, fill_value=False)
 
 
 def _mark_fronts(data: _Data) -> None:
     agg = data.agg
     for lat in data.latencies:
-        agg[lat.front_col] = _front(agg, [lat.col])
+        agg[lat.front_col] = _front(agg, [lat.col], lat.acc, lat.select)
     agg["on_front_latency"] = agg[data.latencies[0].front_col] if data.latencies else False
     agg["on_front_size"] = _front(agg, [data.size]) if data.size else False
     agg["on_front_3d"] = _front(agg, [data.lat, data.size]) if data.lat and data.size else False
@@ -370,7 +404,7 @@ def _prepare(run_dirs: Sequence[Path]) -> _Data:
     )
     if not agg.empty:
         _mark_fronts(data)
-    if len(set(trials["gpu_device"].dropna())) > 1 or len(set(trials["cpu_device"].dropna())) > 1:
+    if any(len(set(trials[c].dropna())) > 1 for c in ("gpu_device", "cpu_device", "onnx_device")):
         data.notes.append("Latencies were measured on more than one device: compare with care.")
     return data
 
@@ -436,8 +470,8 @@ def _hover_agg(row, data: _Data) -> str:
         if not _isnan(ci) and abs(ci) <= 1e-9 * max(abs(mean), 1e-12):
             ci = None  # constant across seeds: no interval worth printing
         metrics.append(f"{label}: {_metric(m, mean, ci)}")
-    devices = [f"{c}: {row.get(c)}" for c in ("gpu_device", "cpu_device", "arch_signature")
-               if not _isnan(row.get(c))]
+    devices = [f"{c}: {row.get(c)}" for c in ("gpu_device", "cpu_device", "onnx_device",
+                                              "arch_signature") if not _isnan(row.get(c))]
     lines = [*head, "<i>config</i>", *(_e(x) for x in _wrap(config)),
              "<i>metrics, mean ± 95 % CI over seeds</i>",
              *(_e(x) for x in _wrap(metrics, sep="; ")),
@@ -475,10 +509,14 @@ def _prune_method_traces(sub: pd.DataFrame) -> list[tuple[bool, pd.DataFrame]]:
     return [(flag, sub[channel == flag]) for flag in (False, True) if (channel == flag).any()]
 
 
-def _front_scatter(data: _Data, x: str, front_col: str, x_label: str, title: str) -> object:
+def _front_scatter(data: _Data, x: str, front_col: str, x_label: str, title: str,
+                   acc: str = ACC, select: str = SELECT) -> object:
+    """``acc``/``select``: the test accuracy shown and the validation accuracy the front is
+    chosen on (an INT8 target's own, see _Latency)."""
     import plotly.graph_objects as go
 
-    agg = data.agg[data.agg[x].notna() & data.agg[f"{ACC}_mean"].notna()]
+    int8 = acc != ACC
+    agg = data.agg[data.agg[x].notna() & data.agg[f"{acc}_mean"].notna()]
     fig = go.Figure()
     cmax = max(float(data.agg["prune.ratio"].max() or 0), 0.5)
     for arch in data.arch_order:
@@ -491,26 +529,27 @@ def _front_scatter(data: _Data, x: str, front_col: str, x_label: str, title: str
                        dict(color=np.where(on, "#000", "#fff").tolist(),
                             width=np.where(on, 2.0, 0.8).tolist()))
             fig.add_trace(go.Scatter(
-                x=sub[x], y=100 * sub[f"{ACC}_mean"], mode="markers",
+                x=sub[x], y=100 * sub[f"{acc}_mean"], mode="markers",
                 name=_e(arch) + (" · channel-pruned (open symbol)" if channel else ""),
                 legendgroup=arch,
                 marker=dict(symbol=symbol, size=np.where(on, 14, 10), color=sub["prune.ratio"],
                             coloraxis="coloraxis", opacity=1.0, line=outline),
-                error_y=dict(type="data", array=(100 * sub[f"{ACC}_ci95"]).tolist(),
+                error_y=dict(type="data", array=(100 * sub[f"{acc}_ci95"]).tolist(),
                              thickness=1, width=3, color="rgba(90,90,90,0.6)"),
                 hovertext=[_hover_agg(r, data) for _, r in sub.iterrows()], hoverinfo="text",
             ))
-    front = agg[agg[front_col].astype(bool)].sort_values([x, SELECT])
+    front = agg[agg[front_col].astype(bool)].sort_values([x, select])
     if not front.empty:
         fig.add_trace(go.Scatter(
-            x=front[x], y=100 * front[f"{ACC}_mean"], mode="lines",
-            name="Pareto front (chosen on validation accuracy)",
+            x=front[x], y=100 * front[f"{acc}_mean"], mode="lines",
+            name="Pareto front (chosen on " + ("INT8 " if int8 else "") + "validation accuracy)",
             line=dict(color="#000", width=2, shape="hv"), hoverinfo="skip",
         ))
     # Trials that did not complete but still have both coordinates (rare): shown, marked.
+    # (Never for INT8: only completed students are exported.)
     raw_x = x[: -len("_mean")]
     others = data.trials[(data.trials["status"] != "completed") & data.trials[raw_x].notna()
-                         & data.trials["val_acc"].notna()]
+                         & data.trials["val_acc"].notna()] if not int8 else data.trials.iloc[0:0]
     if not others.empty:
         fig.add_trace(go.Scatter(
             x=others[raw_x], y=100 * others["val_acc"], mode="markers",
@@ -521,12 +560,14 @@ def _front_scatter(data: _Data, x: str, front_col: str, x_label: str, title: str
         ))
     _teacher_hlines(fig, data)
     _base_layout(fig, height=560)
-    fig.update_layout(meta={"title": title, "subtitle": CHOSEN_ON_VAL}, margin=dict(t=80))
+    fig.update_layout(meta={"title": title, "subtitle": CHOSEN_ON_VAL_INT8 if int8
+                            else CHOSEN_ON_VAL}, margin=dict(t=80))
     fig.update_layout(
         coloraxis=dict(colorscale=PRUNE_SCALE, cmin=0, cmax=cmax,
                        colorbar=dict(title=dict(text="prune<br>ratio", side="top"),
                                      thickness=14, len=0.75, tickformat=".0%")),
-        xaxis_title=_e(x_label), yaxis_title=f"{ACC_LABEL}, mean over seeds ± 95 % CI",
+        xaxis_title=_e(x_label),
+        yaxis_title=f"{ACC_LABEL_INT8 if int8 else ACC_LABEL}, mean over seeds ± 95 % CI",
     )
     return fig
 
@@ -574,8 +615,17 @@ def _panel_latency(data: _Data, lat: _Latency | None, key: str) -> _Panel:
                            "accuracy/latency trade-off to show.")
     rows = data.agg[data.agg[lat.col].notna()]
     fig = _front_scatter(data, lat.col, lat.front_col, lat.label,
-                         f"Test accuracy vs batch-1 {lat.name} latency")
+                         f"{'INT8 test' if lat.int8 else 'Test'} accuracy vs batch-1 {lat.name} "
+                         "latency", lat.acc, lat.select)
     text = _panel_intro(data, rows, "faster", "latency")
+    if lat.target.startswith("onnx"):
+        text += (" Latency of each student's ONNX export in onnxruntime on the CPU with a fixed "
+                 "thread count (kdtune export writes the same files).")
+    if lat.int8:
+        text += (" <b>Here every accuracy is the INT8 file's own</b> (static post-training "
+                 "quantization, calibrated on training images), measured in onnxruntime: the "
+                 f"front is chosen on its validation accuracy and shows its test accuracy; the "
+                 f"recipe is in the provenance.")
     if "arch_signature" in rows and rows["arch_signature"].notna().any():
         text += (" Configurations with the same architecture signature (architecture, stem, "
                  "input size, widths) share one latency measurement.")
@@ -1164,13 +1214,14 @@ def _verdict(diff, lo, hi, what: str) -> tuple[str, str]:
     return "unsure", f"no clear difference: {ci}"
 
 
-def _front_rows(data: _Data, front_col: str = "on_front", x: str | None = None) -> pd.DataFrame:
+def _front_rows(data: _Data, front_col: str = "on_front", x: str | None = None,
+                select: str = SELECT) -> pd.DataFrame:
     """The configs of a front, cheapest first (ties: best by validation accuracy first)."""
     if data.agg.empty or front_col not in data.agg:
         return data.agg.iloc[0:0]
     front = data.agg[data.agg[front_col].astype(bool)]
     x = x or data.main_x
-    return front.sort_values([x, SELECT] if x else [SELECT],
+    return front.sort_values([x, select] if x else [select],
                              ascending=[True, False] if x else [False])
 
 
@@ -1182,22 +1233,23 @@ def _spread(row, x: str) -> tuple[float, float]:
     return (mid if _isnan(lo) else min(float(lo), mid), mid if _isnan(hi) else max(float(hi), mid))
 
 
-def latency_budgets(front: pd.DataFrame, x: str) -> pd.DataFrame:
+def latency_budgets(front: pd.DataFrame, x: str, select: str = SELECT) -> pd.DataFrame:
     """The front as the budgets a user can pick from, cheapest first.
 
     Walking the front by increasing cost ``x``, an entry whose measured spread (p10–p90)
     overlaps the previous budget's is no new budget, since the two differ by timing noise: only
-    the better by validation accuracy is kept. Without p10/p90 only equal medians merge.
+    the better by validation accuracy (``select``) is kept. Without p10/p90 only equal medians
+    merge.
     """
     kept: list = []
-    for idx, row in front.sort_values([x, SELECT], ascending=[True, False]).iterrows():
+    for idx, row in front.sort_values([x, select], ascending=[True, False]).iterrows():
         kept.append(idx)
         while len(kept) >= 2:
             earlier, later = front.loc[kept[-2]], front.loc[kept[-1]]
             (lo_a, hi_a), (lo_b, hi_b) = _spread(earlier, x), _spread(later, x)
             if lo_b > hi_a or lo_a > hi_b:
                 break
-            kept[-2:] = [kept[-1] if later[SELECT] > earlier[SELECT] else kept[-2]]
+            kept[-2:] = [kept[-1] if later[select] > earlier[select] else kept[-2]]
     return front.loc[kept]
 
 
@@ -1216,20 +1268,21 @@ def _spread_text(row, x: str) -> str:
     return f" (p90 {_cost(hi, row[x])})" if not _isnan(hi) else ""
 
 
-def _budget_list(data: _Data, x: str, front_col: str, what: str, unit: str, where: str) -> str:
-    front = _front_rows(data, front_col, x)
-    rows = latency_budgets(front, x)
+def _budget_list(data: _Data, x: str, front_col: str, what: str, unit: str, where: str,
+                 acc: str = ACC, select: str = SELECT) -> str:
+    front = _front_rows(data, front_col, x, select)
+    rows = latency_budgets(front, x, select)
     n_budgets = len(rows)
     if len(rows) > 8:  # thin a long front out: keep both ends
         idx = np.unique(np.linspace(0, len(rows) - 1, 8).round().astype(int))
         rows = rows.iloc[idx]
     lis = "".join(
         f"<li>≤ <b>{_cost(r[x], r[x])} {unit}</b>{_spread_text(r, x)} → "
-        f"<b>{_pct(r[f'{ACC}_mean'], 2)}</b>"
-        + (f" ± {100 * r[f'{ACC}_ci95']:.2f}" if not _isnan(r[f"{ACC}_ci95"]) else "")
+        f"<b>{_pct(r[f'{acc}_mean'], 2)}</b>"
+        + (f" ± {100 * r[f'{acc}_ci95']:.2f}" if not _isnan(r[f"{acc}_ci95"]) else "")
         + f" <span class='cfg'>{_e(_config_label(r))}</span></li>"
         for _, r in rows.iterrows())
-    notes = [f"{_e(where)}; {CHOSEN_ON_VAL}."]
+    notes = [f"{_e(where)}; {CHOSEN_ON_VAL_INT8 if acc != ACC else CHOSEN_ON_VAL}."]
     if len(front) > n_budgets and what.endswith("latency"):
         notes.append(f"{len(front) - n_budgets} front configuration"
                      f"{'s' if len(front) - n_budgets != 1 else ''} within the timing spread "
@@ -1238,7 +1291,8 @@ def _budget_list(data: _Data, x: str, front_col: str, what: str, unit: str, wher
     if what.endswith("latency") and not any(_spread_text(r, x) for _, r in rows.iterrows()):
         notes.append("No timing spread (p10/p90) was recorded: budgets are split at the median "
                      "latency, so neighbouring ones may differ only by timing noise.")
-    return (f"<h3>Best test accuracy per {what} budget</h3><p class='cfg'>{' '.join(notes)}</p>"
+    best = "Best INT8 test accuracy" if acc != ACC else "Best test accuracy"
+    return (f"<h3>{best} per {what} budget</h3><p class='cfg'>{' '.join(notes)}</p>"
             f"<ul>{lis}</ul>")
 
 
@@ -1280,7 +1334,7 @@ def _answer_box(data: _Data) -> str:
     else:
         if data.latencies:
             items += [_budget_list(data, lat.col, lat.front_col, f"{lat.name} latency", "ms",
-                                   lat.label) for lat in data.latencies]
+                                   lat.label, lat.acc, lat.select) for lat in data.latencies]
         elif data.size:
             items.append(_budget_list(data, data.size, "on_front_size", "size", "MB",
                                       data.size_label))
@@ -1330,6 +1384,10 @@ def _front_table(data: _Data) -> str:
     headers = ["#", "student", "stem", "T", "α", "ε", "prune", "val. acc. (%) (chosen on)",
                "test acc. (%) ± 95 % CI"]
     headers += [f"{lat.name} latency (ms), p10–p90" for lat in data.latencies]
+    int8 = "test_acc_onnx_int8_mean" in data.agg and \
+        data.agg["test_acc_onnx_int8_mean"].notna().any()
+    if int8:
+        headers.append("INT8 test acc. (%) (onnxruntime)")
     if data.size:
         headers.append("size (MB)")
     headers += ["seeds", "checkpoint (best seed by val. acc.)"]
@@ -1343,6 +1401,9 @@ def _front_table(data: _Data) -> str:
                _e(_metric(ACC, r[f"{ACC}_mean"], r[f"{ACC}_ci95"]))]
         row += [_cost(r[lat.col], r[lat.col]) + _e(_spread_text(r, lat.col))
                 for lat in data.latencies]
+        if int8:
+            row.append(_e(_metric("test_acc_onnx_int8", r["test_acc_onnx_int8_mean"],
+                                  r["test_acc_onnx_int8_ci95"])))
         if data.size:
             row.append(_num(r[data.size], 4))
         row += [_e(f"{int(r['n_seeds'])} ({r['seeds']})"),
@@ -1410,6 +1471,7 @@ def _provenance_table(prov: dict) -> str:
               "gpu_precision": "GPU latency precision", "cpu_precision": "CPU latency precision",
               "gpu_device": "GPU (latency)", "cpu_device": "CPU (latency)",
               "cpu_threads": "CPU threads (latency)", "git_sha": "git SHA",
+              "onnx_device": "onnxruntime (latency)", "onnx_int8_recipe": "INT8 recipe",
               "data.dataset": "dataset kind", "data.label": "dataset",
               "latency_axis": "latency axis", "runs": "run folders"}
     rows = []
@@ -1452,6 +1514,10 @@ def _report_entry(data: _Data, r: pd.Series) -> dict:
         entry[f"latency_ms_{lat.target}"] = r[lat.col]
         entry[f"latency_ms_{lat.target}_p10"] = r.get(lo)
         entry[f"latency_ms_{lat.target}_p90"] = r.get(hi)
+        if lat.int8:  # the INT8 file's own accuracies (onnxruntime)
+            entry["test_accuracy_int8"] = 100 * r[f"{lat.acc}_mean"]
+            entry["test_accuracy_int8_ci95"] = 100 * r[f"{lat.acc}_ci95"]
+            entry["val_accuracy_int8"] = 100 * r[lat.select]
     entry.update({
         "size_mb": r[data.size] if data.size else None,
         "arch_signature": r.get("arch_signature"),
@@ -1501,7 +1567,7 @@ def build_report(data: _Data, png: dict | None = None) -> dict:
         }
     front = [_report_entry(data, r) for _, r in _front_rows(data).iterrows()]
     budgets = {lat.target: [_report_entry(data, r) for _, r in latency_budgets(
-        _front_rows(data, lat.front_col, lat.col), lat.col).iterrows()]
+        _front_rows(data, lat.front_col, lat.col, lat.select), lat.col, lat.select).iterrows()]
         for lat in data.latencies} if not data.agg.empty else {}
     counts = t["status"].value_counts()
     prov = provenance(data)
@@ -1525,7 +1591,10 @@ def build_report(data: _Data, png: dict | None = None) -> dict:
                      "validation accuracy; test accuracy reported",
             "latency_budgets": "per latency target, its front by increasing latency; an entry "
                                "whose p10-p90 spread overlaps the previous budget's is merged "
-                               "into the better one by validation accuracy",
+                               "into the better one by validation accuracy; the onnx_int8 "
+                               "target's front is chosen on the INT8 files' own validation "
+                               "accuracy (test_accuracy_int8 is theirs, test_accuracy the "
+                               "PyTorch student's)",
             "kd_vs_no_kd": "per cell (student, stem, epochs, fine-tune epochs, prune method): "
                            "the best KD config (kd.alpha > 0) with a no-KD twin (same config "
                            "and seeds, kd.alpha = 0) against its twin, else the best KD config "
@@ -1707,7 +1776,8 @@ def render_html(data: _Data, panels: list[_Panel], report: dict) -> str:
                  f"Configurations on the Pareto front of the first chart ({CHOSEN_ON_VAL}), "
                  f"cheapest first, with the checkpoint of their best seed. Load one, pruned "
                  f"or not, with <code>kdtune.models.load_student(path)</code>: a weights-only "
-                 f"file whose layer widths come from its tensors.</p>"
+                 f"file whose layer widths come from its tensors; or write it as one ONNX file "
+                 f"with its card, <code>kdtune export RUN_DIR --trial ID [--int8]</code>.</p>"
                  f"{_front_table(data)}</section>")
     parts.append(sec["front_3d"])
     parts.append(sec["parcoords"])

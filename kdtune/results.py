@@ -11,7 +11,11 @@ A sweep writes two Parquet files into its run folder:
 Newer sweeps also write ``prune.method`` ("unstructured" or "channel"; an older run, which lacks
 it, pruned unstructured), ``prune.round_to``, ``prune_ratio_achieved``, the spread of each latency
 (``latency_ms_b1_<gpu|cpu>_p10``/``_p90``) and ``arch_signature`` (architecture|stem|input
-size|widths: trials with the same signature share one latency measurement).
+size|widths: trials with the same signature share one latency measurement). With
+``measure.onnx`` they also write onnxruntime's CPU figures of each student's ONNX export, fp32
+and static INT8 (``latency_ms_b1_onnx_<fp32|int8>`` with ``_p10``/``_p90`` and
+``onnx_device``, ``size_mb_onnx_<fp32|int8>``, ``val_acc_onnx_int8``, ``test_acc_onnx_int8``,
+``test_acc_onnx_fp32``, ``test_agree_onnx_int8``): two more latency targets.
 
 This module turns one or several run folders into one DataFrame (:func:`load_runs`,
 :func:`load_epochs`), averages the seeds of each distinct config (:func:`aggregate_seeds`) and
@@ -30,6 +34,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -108,6 +113,22 @@ OPTIONAL_NUMERIC_COLUMNS = (
     "teacher_latency_ms_b1_gpu",
     "teacher_latency_ms_b1_cpu",
     "teacher_size_mb_dense",
+    # onnxruntime on the CPU (measure.onnx; kdtune.export): batch-1 latency of the fp32 and the
+    # static INT8 file, shared per arch_signature like the PyTorch latency; file sizes and
+    # accuracies per trial (each trial's own weights, each INT8 its own calibration).
+    "latency_ms_b1_onnx_fp32",
+    "latency_ms_b1_onnx_fp32_p10",
+    "latency_ms_b1_onnx_fp32_p90",
+    "latency_ms_b1_onnx_int8",
+    "latency_ms_b1_onnx_int8_p10",
+    "latency_ms_b1_onnx_int8_p90",
+    "size_mb_onnx_fp32",
+    "size_mb_onnx_int8",
+    "val_acc_onnx_int8",
+    "test_acc_onnx_int8",
+    "test_acc_onnx_fp32",
+    # share of test images on which the INT8 file's top-1 class is the fp32 file's
+    "test_agree_onnx_int8",
 )
 #: Which code made the numbers (kdtune.trial.provenance writes them into every row).
 VERSION_COLUMNS = (
@@ -124,15 +145,19 @@ RUNTIME_COLUMNS = ("precision", "channels_last", "gpu_precision", "cpu_precision
                    "ray_gpu_ids")
 #: ``arch_signature``: architecture|stem|input size|widths; trials with the same signature share
 #: one latency measurement (pruning that keeps every channel cannot change the latency).
+#: ``onnx_device``: where and with what the onnxruntime latencies ran ("cpu AMD EPYC,
+#: onnxruntime 1.32.0, 1 thread"); ``onnx_int8_recipe``: how the INT8 files were quantized;
+#: ``onnx_error``: why a network has no ONNX figures.
+ONNX_TEXT_COLUMNS = ("onnx_device", "onnx_int8_recipe", "onnx_error")
 OPTIONAL_TEXT_COLUMNS = ("error", "checkpoint", "gpu_device", "cpu_device", *VERSION_COLUMNS,
-                         "device", *RUNTIME_COLUMNS, "arch_signature")
+                         "device", *RUNTIME_COLUMNS, "arch_signature", *ONNX_TEXT_COLUMNS)
 #: Config columns newer sweeps write, with the value an older run (which lacks them) implied:
 #: before prune.method existed every pruning was unstructured.
 OPTIONAL_CONFIG_COLUMNS = {"prune.method": "unstructured", "prune.round_to": math.nan}
 PRUNE_METHODS = ("unstructured", "channel")
 PROVENANCE_COLUMNS = ("device", "precision", "channels_last", "gpu_device", "gpu_precision",
-                      "cpu_device", "cpu_precision", "cpu_threads", *VERSION_COLUMNS,
-                      "data.dataset", "data.label")
+                      "cpu_device", "cpu_precision", "cpu_threads", "onnx_device",
+                      "onnx_int8_recipe", *VERSION_COLUMNS, "data.dataset", "data.label")
 
 NUMERIC_CONFIG_COLUMNS = (
     "kd.temperature",
@@ -147,7 +172,8 @@ NUMERIC_CONFIG_COLUMNS = (
     "prune.round_to",
 )
 FRACTION_COLUMNS = ("val_acc", "test_acc", "teacher_test_acc", "teacher_val_acc", "kd.alpha",
-                    "prune_ratio_achieved")
+                    "prune_ratio_achieved", "val_acc_onnx_int8", "test_acc_onnx_int8",
+                    "test_acc_onnx_fp32", "test_agree_onnx_int8")
 
 #: Metrics that :func:`aggregate_seeds` summarises (mean, std, n, ci95) when present.
 AGG_METRICS = (
@@ -178,6 +204,18 @@ AGG_METRICS = (
     "restarts",
     "bookkeeping_ms",
     "epoch_ms",
+    "latency_ms_b1_onnx_fp32",
+    "latency_ms_b1_onnx_fp32_p10",
+    "latency_ms_b1_onnx_fp32_p90",
+    "latency_ms_b1_onnx_int8",
+    "latency_ms_b1_onnx_int8_p10",
+    "latency_ms_b1_onnx_int8_p90",
+    "size_mb_onnx_fp32",
+    "size_mb_onnx_int8",
+    "val_acc_onnx_int8",
+    "test_acc_onnx_int8",
+    "test_acc_onnx_fp32",
+    "test_agree_onnx_int8",
 )
 
 EPOCH_COLUMNS = ("trial_id", "epoch", "phase", "val_acc", "train_loss", "lr")
@@ -484,14 +522,15 @@ def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame:
     ``<m>_n`` (non-NaN values) and ``<m>_ci95`` (Student-t half-width; NaN when n < 2). Also:
     ``n_seeds``, ``seeds`` ("0,1,2"), ``trial_ids`` and ``runs`` (";"-joined), ``best_trial_id``
     and ``best_checkpoint`` (the seed with the highest validation accuracy: the one to deploy),
-    and the first ``gpu_device``/``cpu_device``/``cpu_threads``/``arch_signature`` label. Stopped
+    and the first ``gpu_device``/``cpu_device``/``cpu_threads``/``onnx_device``/
+    ``arch_signature`` label. Stopped
     and errored trials are left out: they have no final measurements.
     """
     done = df[df["status"] == "completed"]
     keys = [c for c in config_columns(df) if c != "seed"]
     metrics = [m for m in AGG_METRICS if m in df.columns]
-    label_cols = [c for c in ("gpu_device", "cpu_device", "cpu_threads", "arch_signature")
-                  if c in df.columns]
+    label_cols = [c for c in ("gpu_device", "cpu_device", "cpu_threads", "onnx_device",
+                              "arch_signature") if c in df.columns]
     out_cols = [
         *keys,
         "n_seeds",
@@ -583,7 +622,20 @@ def pareto_front(
 # Axes: which latency / size column to use and how to label it
 
 
-LATENCY_TARGETS = ("gpu", "cpu")
+LATENCY_TARGETS = ("gpu", "cpu", "onnx_fp32", "onnx_int8")
+#: How each target is named on axes and in tables.
+TARGET_NAMES = {"gpu": "GPU", "cpu": "CPU", "onnx_fp32": "onnxruntime fp32",
+                "onnx_int8": "onnxruntime INT8"}
+#: The accuracy that goes with a target's latency, as (test, validation) columns: an INT8 file
+#: is a different model from the fp32 one it came from, with its own accuracy; PyTorch and
+#: onnxruntime fp32 run the same weights to float rounding.
+TARGET_ACCURACY = {"onnx_int8": ("test_acc_onnx_int8", "val_acc_onnx_int8")}
+DEFAULT_ACCURACY = ("test_acc", "val_acc")
+
+
+def target_accuracy(target: str | None) -> tuple[str, str]:
+    """(test, validation) accuracy columns of a latency target's model."""
+    return TARGET_ACCURACY.get(target or "", DEFAULT_ACCURACY)
 
 
 def _measured(df: pd.DataFrame, target: str) -> str | None:
@@ -594,12 +646,14 @@ def _measured(df: pd.DataFrame, target: str) -> str | None:
 
 
 def latency_targets(df: pd.DataFrame) -> list[str]:
-    """The targets (``"gpu"``, ``"cpu"``) with at least one measured latency, GPU first."""
+    """The targets with at least one measured latency, in :data:`LATENCY_TARGETS` order: GPU,
+    CPU, onnxruntime fp32, onnxruntime INT8."""
     return [t for t in LATENCY_TARGETS if _measured(df, t)]
 
 
 def latency_column(df: pd.DataFrame, target: str | None = None) -> str | None:
-    """The latency column of ``target`` ("gpu" or "cpu") if any value is measured, else None.
+    """The latency column of ``target`` (one of :data:`LATENCY_TARGETS`) if any value is
+    measured, else None.
 
     Without a target: ``latency_ms_b1_gpu`` when any value is measured, else
     ``latency_ms_b1_cpu``, else None. On an aggregated table (:func:`aggregate_seeds`) the same
@@ -629,22 +683,30 @@ def _labels(series: pd.Series) -> list[str]:
 def latency_label(df: pd.DataFrame, target: str | None = None) -> str:
     """Axis title for the latency chosen by :func:`latency_column`, with unit and device.
 
-    E.g. ``"batch-1 latency (ms, cpu Intel Xeon, 1 thread)"``.
+    E.g. ``"batch-1 latency (ms, cpu Intel Xeon, 1 thread)"``, ``"batch-1 latency (ms, INT8
+    ONNX file, cpu Intel Xeon, onnxruntime 1.32.0, 1 thread)"``.
     """
     if latency_column(df, target) is None:
-        where = f"{target.upper()}; " if target else ""
+        where = f"{TARGET_NAMES.get(target, target)}; " if target else ""
         return f"batch-1 latency (ms; {where}not measured)"
-    return f"batch-1 latency (ms, {latency_device(df, target)})"
+    col = latency_column(df, target)
+    onnx = re.search(r"_onnx_(fp32|int8)", col)
+    what = f"{onnx.group(1).upper().replace('FP', 'fp')} ONNX file, " if onnx else ""
+    return f"batch-1 latency (ms, {what}{latency_device(df, target)})"
 
 
 def latency_device(df: pd.DataFrame, target: str | None = None) -> str:
     """Where the latency of :func:`latency_column` was measured, e.g. ``"cpu Intel Xeon, 1
-    thread"`` (``"GPU"``/``"CPU"`` when the device was not recorded)."""
+    thread"`` (``"GPU"``/``"CPU"`` when the device was not recorded); an onnxruntime target
+    names the runtime too: ``"cpu Intel Xeon, onnxruntime 1.32.0, 1 thread"``."""
     col = latency_column(df, target)
     if col is None:
-        return target.upper() if target else "not measured"
+        return TARGET_NAMES.get(target, target) if target else "not measured"
     measured = df[pd.to_numeric(df[col], errors="coerce").notna()]
-    if "_gpu" in col:
+    if "_onnx_" in col:
+        devices = _labels(measured["onnx_device"]) if "onnx_device" in df else []
+        where = " / ".join(devices) or "CPU, onnxruntime"
+    elif "_gpu" in col:
         devices = _labels(measured["gpu_device"]) if "gpu_device" in df else []
         where = " / ".join(devices) or "GPU"
     else:

@@ -59,6 +59,9 @@ def test_defaults_are_valid():
     ({"train": {"channels_last": None}}, "train.channels_last", "auto, true, false"),
     ({"train": {"precision": "fp16"}}, "train.precision", "auto, bf16, fp32"),
     ({"train": {"precision": True}}, "train.precision", "auto, bf16, fp32"),
+    ({"measure": {"onnx": "yes"}}, "measure.onnx", "auto, true, false"),
+    ({"measure": {"onnx": 1}}, "measure.onnx", "auto, true, false"),
+    ({"measure": {"onnx": None}}, "measure.onnx", "auto, true, false"),
 ])
 def test_bad_values_name_key_and_allowed(raw, key, allowed):
     msg = err(raw)
@@ -91,6 +94,22 @@ def test_cuda_switches_take_auto_or_a_forced_value():
     assert cfg.train.precision == "bf16"
     assert err({"train": {"channels_last": "yes"}}) == \
         "train.channels_last: got 'yes'; allowed: auto, true, false"
+
+
+def test_measure_onnx_is_auto_or_a_forced_value_and_auto_follows_the_install(monkeypatch):
+    from kdtune import export
+
+    assert trial_config({}).measure.onnx == "auto"
+    for text, value in (("true", True), ("false", False), ("auto", "auto")):
+        cfg = trial_config({}, parse_overrides([f"measure.onnx={text}"]))
+        assert cfg.measure.onnx == value and type(cfg.measure.onnx) is type(value)
+    assert export.resolve("auto") == export.available()
+    assert export.resolve(False) is False
+    monkeypatch.setattr(export, "find_spec", lambda name: None)  # onnxruntime not installed
+    assert export.resolve("auto") is False
+    with pytest.raises(KDTuneError, match=r"^measure.onnx: true needs onnx, onnxruntime, "
+                                          r"onnxscript .*measure.onnx: false$"):
+        export.resolve(True)
 
 
 def test_union_types_accept_any_member_and_name_them_all():

@@ -509,3 +509,50 @@ def test_title_is_the_sweep_name(sweep, tmp_path):
     assert "<h1>kd_prune_study, stem_ablation</h1>" in text
     assert json.loads((tmp_path / "report.json").read_text())["name"] == [
         "kd_prune_study", "stem_ablation"]
+
+
+def _onnx(fp32_ms: float, int8_ms: float, val8: float, test8: float) -> dict:
+    device = "cpu AMD EPYC 9654, onnxruntime 1.32.0, 1 thread"
+    return {"latency_ms_b1_onnx_fp32": fp32_ms, "latency_ms_b1_onnx_fp32_p10": 0.99 * fp32_ms,
+            "latency_ms_b1_onnx_fp32_p90": 1.01 * fp32_ms, "latency_ms_b1_onnx_int8": int8_ms,
+            "latency_ms_b1_onnx_int8_p10": 0.99 * int8_ms,
+            "latency_ms_b1_onnx_int8_p90": 1.01 * int8_ms, "onnx_device": device,
+            "val_acc_onnx_int8": val8, "test_acc_onnx_int8": test8,
+            "size_mb_onnx_fp32": 1.1, "size_mb_onnx_int8": 0.3,
+            "onnx_int8_recipe": "QDQ u8/s8 per-channel, MinMax on 512 train images"}
+
+
+def test_onnxruntime_targets_get_their_own_fronts_int8_chosen_on_int8_validation(tmp_path):
+    # PyTorch CPU front: A, B, C. The INT8 files: B's lost accuracy on validation, so its INT8
+    # front is A, C; chosen on INT8 test accuracy B (90 %) would wrongly be on it.
+    specs = [
+        {"kd.label_smoothing": 0.0, "val_acc": 0.80, "test_acc": 0.85, **_timed(1.0),
+         **_onnx(0.8, 0.5, 0.79, 0.84)},   # A
+        {"kd.label_smoothing": 0.05, "val_acc": 0.85, "test_acc": 0.82, **_timed(2.0),
+         **_onnx(1.6, 1.0, 0.60, 0.90)},   # B
+        {"kd.label_smoothing": 0.1, "val_acc": 0.90, "test_acc": 0.90, **_timed(3.0),
+         **_onnx(2.4, 1.5, 0.89, 0.88)},   # C
+    ]
+    text, report = _dash(_hand_run(tmp_path, "onnx", specs))
+    assert {"front_latency_cpu", "front_latency_onnx_fp32", "front_latency_onnx_int8"} <= \
+        figure_keys(text)
+    assert _front_eps(report["latency_budgets"]["cpu"]) == [0.0, 0.05, 0.1]
+    assert _front_eps(report["latency_budgets"]["onnx_fp32"]) == [0.0, 0.05, 0.1]
+    int8 = report["latency_budgets"]["onnx_int8"]
+    assert _front_eps(int8) == [0.0, 0.1]
+    assert [round(e["test_accuracy_int8"], 6) for e in int8] == [84.0, 88.0]
+    assert [round(e["latency_ms_onnx_int8"], 6) for e in int8] == [0.5, 1.5]
+    device = "cpu AMD EPYC 9654, onnxruntime 1.32.0, 1 thread"
+    panel = section(text, "front_latency_onnx_int8")
+    assert f"<h2>Accuracy vs onnxruntime INT8 latency — {device}</h2>" in panel
+    assert f"batch-1 latency (ms, INT8 ONNX file, {device})" in panel
+    assert "INT8 test accuracy (%, onnxruntime)" in panel and "INT8 files' validation" in panel
+    assert f"<h2>Accuracy vs onnxruntime fp32 latency — {device}</h2>" in section(
+        text, "front_latency_onnx_fp32")
+    box = answer_box(text)
+    assert "Best INT8 test accuracy per onnxruntime INT8 latency budget" in box
+    table = section(text, "front-table")
+    assert "INT8 test acc. (%) (onnxruntime)" in table and "kdtune export" in table
+    assert report["units"]["latency_ms_onnx_int8"] == (
+        f"batch-1 latency (ms, INT8 ONNX file, {device})")
+    assert report["provenance"]["onnx_device"] == device

@@ -43,7 +43,9 @@ BASE = {
     "train": {"epochs": 3, "batch_size": 64, "lr": 0.05},
     "kd": {"temperature": 4, "alpha": 0.9},
     "prune": {"ratio": 0.3, "finetune_epochs": 1},
-    "measure": {"runs": 3, "warmup": 1, "throughput_batch": 16},
+    # ONNX export and onnxruntime measurement only where a test asks for it (the main sweep):
+    # each student costs an export, a quantization and two evaluations
+    "measure": {"runs": 3, "warmup": 1, "throughput_batch": 16, "onnx": False},
 }
 EPOCHS = 3 + 1  # train + fine-tune: what a trial that is not stopped runs
 
@@ -131,7 +133,7 @@ def read_trials(run_dir: Path) -> pd.DataFrame:
 def sweep_run(tmp_path_factory):
     """One real sweep for every test of its outputs."""
     tmp = tmp_path_factory.mktemp("sweep")
-    space = write_sweep(tmp, MAIN_SEARCH, tmp / "cache")
+    space = write_sweep(tmp, MAIN_SEARCH, tmp / "cache", measure={**BASE["measure"], "onnx": True})
     out = tmp / "run"
     t0 = time.time()
     proc = subprocess.run(kdtune_cmd("sweep", space, "--out", out), capture_output=True,
@@ -312,6 +314,23 @@ def test_students_that_deploy_alike_share_one_latency_measurement(sweep_run):
     n = done["arch_signature"].nunique()
     assert f"measuring latency of {n} distinct networks ({len(done)} completed students)" \
         in sweep_run.stdout
+    # measure.onnx: onnxruntime latency shared the same way, fp32 and INT8 ...
+    onnx = ["latency_ms_b1_onnx_fp32", "latency_ms_b1_onnx_fp32_p90", "latency_ms_b1_onnx_int8",
+            "latency_ms_b1_onnx_int8_p10", "onnx_device"]
+    assert done[onnx].notna().all().all() and (groups[onnx].nunique() == 1).all().all()
+    assert done["onnx_device"].str.endswith("1 thread").all()
+    # ... and each student's own INT8 file: sizes and accuracies per trial
+    per_trial = ["size_mb_onnx_fp32", "size_mb_onnx_int8", "val_acc_onnx_int8",
+                 "test_acc_onnx_int8", "test_acc_onnx_fp32", "test_agree_onnx_int8"]
+    assert done[per_trial].notna().all().all()
+    # int8 weights are a quarter of fp32 ones; the QDQ graph's scales and nodes are a fixed
+    # ~35 kB, which a channel-pruned resnet8 (90 kB in fp32) notices
+    assert (done["size_mb_onnx_int8"] < done["size_mb_onnx_fp32"]).all()
+    big = done[done["size_mb_onnx_fp32"] > 0.3]
+    assert len(big) and (big["size_mb_onnx_int8"] < 0.4 * big["size_mb_onnx_fp32"]).all()
+    assert ((done["test_acc_onnx_fp32"] - done["test_acc"]).abs() <= 0.011).all()
+    assert sweep_run.trials.loc[sweep_run.trials["status"] != "completed", per_trial] \
+        .isna().all().all()
 
 
 def test_epochs_table_matches_epochs_trained(sweep_run):
@@ -333,6 +352,7 @@ PROGRESS = re.compile(
     r"|\[main\] \d\d:\d\d elapsed.*\| running \d+, completed \d+, stopped \d+, errored \d+ of "
     rf"{MAIN_PLANNED} \| best val_acc: .*"
     r"|measuring latency of \d+ distinct networks \(\d+ completed students\).*"
+    r"|exporting the \d+ completed students to ONNX \(fp32 and INT8\).*"
     r"|sweep finished in .*|best by val_acc: .*|results: .*|dashboard: .*)$")
 
 

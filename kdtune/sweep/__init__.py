@@ -8,7 +8,8 @@ One module per concern; only the ones that schedule work import Ray:
     writer.py   ResultsWriter, the Tune callback writing the tables and the snapshot copy
     resume.py   --resume: restoring Tune's experiment and reconciling our tables with it
     nodes.py    a cluster's nodes: per-node resources, version and GPU checks, shipped code
-    remote.py   the work that runs on workers: trainable, teacher preparation, latency
+    remote.py   the work that runs on workers: trainable, teacher preparation, latency (and
+                the ONNX export and onnxruntime measurement of measure.onnx)
     run.py      run_sweep, `kdtune sweep` itself
 
 Layout of a run folder:
@@ -19,6 +20,7 @@ Layout of a run folder:
     epochs.parquet    per-epoch history of every trial
     asha_rungs.json   ASHA's rungs per cost group, arch|stem|input size (what each stop was judged against)
     checkpoints/      final student state_dicts of completed trials
+    export/           what `kdtune export RUN --trial ID` writes: ID[_int8].onnx + .card.json
     ray/              Ray Tune's experiment state (what --resume restores)
     ray-snapshot.pkl  the last whole copy of it (a kill can tear Tune's own files)
     dashboard.html    written at the end (kdtune.dashboard)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .. import measure
+from .. import export, measure
 from ..config import trial_config
 from ..data import DeviceData
 from ..models import load_student
@@ -102,9 +102,12 @@ def prepare_one(cfg_dict: dict, split, want_views: bool, threads: int, expected=
     return meta, t
 
 
-def measure_jobs(jobs: list[dict], threads: int, expected=None) -> dict:
+def measure_jobs(jobs: list[dict], threads: int, expected=None, split=None) -> dict:
     """Latency of each student on this node's GPU (if torch sees one) and its CPU with
-    `threads` threads, one model at a time; keyed by each job's "key"."""
+    `threads` threads, one model at a time; keyed by each job's "key". A job with "onnx" also
+    exports its "members" (trial id -> checkpoint bytes) to ONNX fp32 and INT8 and measures
+    them in onnxruntime (export.measure_students, INT8 accuracy on `split`); what differs per
+    member comes back under the row's "per_trial"."""
     where = check_worker(expected) if expected is not None else {}
     out = {}
     devices = [torch.device(d) for d in (["cuda"] if torch.cuda.is_available() else [])
@@ -128,5 +131,22 @@ def measure_jobs(jobs: list[dict], threads: int, expected=None) -> dict:
             row[f"{tag}_precision"] = m["measure_precision"]
             if tag == "cpu":
                 row["cpu_threads"] = m["measure_threads"]
+        if job.get("onnx"):
+            row.update(_measure_onnx(job, split, threads))
         out[job["key"]] = row
     return out
+
+
+def _measure_onnx(job: dict, split, threads: int) -> dict:
+    students = {tid: load_student(io.BytesIO(state), arch=job["arch"], stem=job["stem"])
+                for tid, state in job["members"].items()}
+    try:
+        shared, per_trial = export.measure_students(
+            students, job["input_size"], split, threads, warmup=job["warmup"], runs=job["runs"])
+    except Exception as e:  # noqa: BLE001  an exporter that fails on one network must not
+        # cost the sweep its other measurements: the error becomes the row's onnx_error
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"ONNX export/measurement of {job['key']} failed: {type(e).__name__}: {first}",
+              flush=True)
+        return {"onnx_error": f"{type(e).__name__}: {first}", "per_trial": {}}
+    return {**shared, "per_trial": per_trial}

@@ -20,6 +20,7 @@ import yaml
 from ..config import load_sweep_config
 from ..data import load_split
 from ..errors import KDTuneError
+from ..export import resolve as resolve_onnx
 from ..storage import RAY_DIR, RunStore
 from ..teacher import teacher_key
 from ..trial import provenance, resolve_cache_mode
@@ -64,12 +65,17 @@ def _get(ref):
 
 
 def measure_all(run_dir: Path, base: dict, cpu_threads: int, use_gpu: bool, nodes: list[dict],
-                expected: dict, in_driver: bool = False) -> None:
+                expected: dict, in_driver: bool = False, split=None, onnx: bool = False) -> None:
     """Latency of every completed student, one at a time on an otherwise idle machine: the
     GPU when there is one, and the CPU with a fixed thread count. Runs as one Ray task so a
     cluster measures on a worker node's GPU, not the head's CPU; `in_driver` (a CPU-only
     machine that is the whole cluster) measures in this process, idle now that the trials are
-    done, instead of starting a worker and its torch import for it."""
+    done, instead of starting a worker and its torch import for it.
+
+    `onnx` (measure.onnx, resolved): every completed student is also exported to ONNX fp32
+    and INT8 and measured in onnxruntime on the same CPU: latency once per network, like the
+    PyTorch latency; sizes and INT8 accuracy on `split` (the sweep's Split, or its object ref
+    for the Ray task) per student, since their weights differ."""
     path = run_dir / "trials.parquet"
     df = pd.read_parquet(path)
     todo = df[(df["status"] == "completed") & df["checkpoint"].notna()]
@@ -89,18 +95,25 @@ def measure_all(run_dir: Path, base: dict, cpu_threads: int, use_gpu: bool, node
         key = (f"{sig}|{cfg.train.precision}|cl={cfg.train.channels_last}"
                if isinstance(sig, str) and sig else str(r["trial_id"]))
         members.setdefault(key, []).append(r["trial_id"])
-        if key in jobs:
-            continue
         # the run's own copy: the column may name a URI, or a folder the run was moved from
         state = (run_dir / "checkpoints" / f"{r['trial_id']}.pt").read_bytes()
+        if key in jobs:
+            if onnx:
+                jobs[key]["members"][r["trial_id"]] = state
+            continue
         jobs[key] = {"key": key, "trial_id": r["trial_id"], "arch": cfg.student.arch,
                      "stem": cfg.student.stem, "state": state,
                      "input_size": cfg.data.resize or 32, "warmup": cfg.measure.warmup,
                      "runs": cfg.measure.runs, "batch": cfg.measure.throughput_batch,
                      "precision": cfg.train.precision,
-                     "channels_last": cfg.train.channels_last}
+                     "channels_last": cfg.train.channels_last,
+                     "onnx": onnx, "members": {r["trial_id"]: state} if onnx else {}}
     jobs = list(jobs.values())
     what = f"{len(jobs)} distinct networks ({len(todo)} completed students)"
+    if onnx:
+        print(f"exporting the {len(todo)} completed students to ONNX (fp32 and INT8), each "
+              "INT8 calibrated on training images and scored on val and test; onnxruntime "
+              f"latency once per network, CPU with {cpu_threads} thread(s)", flush=True)
     if in_driver:
         import torch
 
@@ -108,7 +121,7 @@ def measure_all(run_dir: Path, base: dict, cpu_threads: int, use_gpu: bool, node
         print(f"measuring latency of {what}, one at a time (CPU with "
               f"{cpu_threads} thread(s))", flush=True)
         try:
-            measured = measure_jobs(jobs, cpu_threads)
+            measured = measure_jobs(jobs, cpu_threads, split=split)
         finally:
             torch.set_num_threads(threads)
     else:
@@ -117,13 +130,19 @@ def measure_all(run_dir: Path, base: dict, cpu_threads: int, use_gpu: bool, node
               f"({'GPU and ' if use_gpu else ''}CPU with {opts['num_cpus']} thread(s))",
               flush=True)
         task = ray.remote(measure_jobs).options(**opts)
-        measured = _get(task.remote(jobs, opts["num_cpus"], expected))
+        measured = _get(task.remote(jobs, opts["num_cpus"], expected, split))
     for key, row in measured.items():
+        per_trial = row.pop("per_trial", {})
         row = {**row, "latency_shared_by": len(members[key])}
         for k, v in row.items():
             if k not in df.columns:
                 df[k] = None
             df.loc[df["trial_id"].isin(members[key]), k] = v
+        for trial_id, values in per_trial.items():
+            for k, v in values.items():
+                if k not in df.columns:
+                    df[k] = float("nan")
+                df.loc[df["trial_id"] == trial_id, k] = v
     for col in ("latency_ms_b1_gpu", "latency_ms_b1_gpu_p10", "latency_ms_b1_gpu_p90",
                 "throughput_ips_gpu"):
         if col not in df.columns:
@@ -222,6 +241,8 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
               out=None) -> Path:
     sw = load_sweep_config(space_path, overrides)
     optuna_space(sw, notes=True)  # what config checks let through but Optuna refuses
+    # measure.onnx: true without onnxruntime is said now, not after the trials
+    onnx = sw.search.measure_after and resolve_onnx(sw.base.measure.onnx)
     base = resolve_paths(sw.base.to_dict())
     store = RunStore(out or sw.search.storage or Path("results") / sw.search.name,
                      base["cache_dir"])
@@ -374,7 +395,8 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
                   f"{planned} planned trials", flush=True)
         if sw.search.measure_after:
             measure_all(run_dir, base, sw.base.measure.cpu_threads, gpus > 0, alive_nodes(),
-                        expected, in_driver=in_driver)
+                        expected, in_driver=in_driver,
+                        split=split if in_driver else split_ref, onnx=onnx)
         store.push("trials.parquet")  # with any upload that failed during the sweep: raises
     finally:
         ray.shutdown()
