@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import environ
-from test_sweep import SWEEP_TIMEOUT, cli_env, kdtune_cmd, write_sweep
+from test_sweep import BASE, SWEEP_TIMEOUT, cli_env, kdtune_cmd, write_sweep
 
 from kdtune.errors import KDTuneError
 from kdtune.sweep import nodes
@@ -161,7 +161,9 @@ def test_two_node_sweep_prepares_teachers_in_parallel_on_different_nodes(two_nod
     # teachers long enough (8 epochs) that two workers starting a second or two apart on a
     # busy machine still overlap when they run in parallel
     space = write_sweep(tmp, TWO_TEACHERS, Path("~/kdtune-cache"),  # each node's own home
-                        teacher={"arch": "cnn4", "stem": "cifar", "epochs": 8, "batch_size": 64})
+                        teacher={"arch": "cnn4", "stem": "cifar", "epochs": 8, "batch_size": 64},
+                        # the post-sweep measurement runs as a Ray task here: with onnxruntime
+                        measure={**BASE["measure"], "onnx": True})
     out = tmp / "run"
     proc = run_cli("sweep", space, "--address", cluster.address, "--out", out,
                    HOME=str(tmp / "driver-home"))
@@ -183,6 +185,10 @@ def test_two_node_sweep_prepares_teachers_in_parallel_on_different_nodes(two_nod
     for path in trials["kdtune_path"]:  # the shipped copy, not this checkout
         assert "runtime_resources" in path and not path.startswith(str(REPO)), path
     assert trials["latency_ms_b1_cpu"].notna().all()
+    onnx = ["latency_ms_b1_onnx_fp32", "latency_ms_b1_onnx_int8", "size_mb_onnx_int8",
+            "val_acc_onnx_int8", "test_acc_onnx_int8", "onnx_device"]
+    assert trials[onnx].notna().all().all(), trials.filter(like="onnx").to_dict("records")
+    assert trials["measure_node"].notna().all()
 
 
 def test_driver_and_node_versions_that_differ_are_one_line_and_exit_2(two_nodes, tmp_path,
