@@ -83,6 +83,25 @@ NUMERIC_METRIC_COLUMNS = (
 #: Columns without which no dashboard can be drawn: a trials.parquet lacking one is refused.
 REQUIRED_COLUMNS = ("trial_id", "status", "group", *CONFIG_COLUMNS, *NUMERIC_METRIC_COLUMNS)
 
+#: onnxruntime on the CPU (measure.onnx; kdtune.export): batch-1 latency of the fp32 and the
+#: static INT8 file, shared per arch_signature like the PyTorch latency; file sizes and
+#: accuracies per trial (each trial's own weights, each INT8 its own calibration);
+#: test_agree_onnx_int8: share of test images on which the INT8 top-1 class is the fp32 one's.
+ONNX_COLUMNS = (
+    "latency_ms_b1_onnx_fp32",
+    "latency_ms_b1_onnx_fp32_p10",
+    "latency_ms_b1_onnx_fp32_p90",
+    "latency_ms_b1_onnx_int8",
+    "latency_ms_b1_onnx_int8_p10",
+    "latency_ms_b1_onnx_int8_p90",
+    "size_mb_onnx_fp32",
+    "size_mb_onnx_int8",
+    "val_acc_onnx_int8",
+    "test_acc_onnx_int8",
+    "test_acc_onnx_fp32",
+    "test_agree_onnx_int8",
+)
+
 #: Columns the sweep writes but that may be absent (older runs): filled with NaN / None on load.
 OPTIONAL_NUMERIC_COLUMNS = (
     "epochs_trained",
@@ -113,22 +132,7 @@ OPTIONAL_NUMERIC_COLUMNS = (
     "teacher_latency_ms_b1_gpu",
     "teacher_latency_ms_b1_cpu",
     "teacher_size_mb_dense",
-    # onnxruntime on the CPU (measure.onnx; kdtune.export): batch-1 latency of the fp32 and the
-    # static INT8 file, shared per arch_signature like the PyTorch latency; file sizes and
-    # accuracies per trial (each trial's own weights, each INT8 its own calibration).
-    "latency_ms_b1_onnx_fp32",
-    "latency_ms_b1_onnx_fp32_p10",
-    "latency_ms_b1_onnx_fp32_p90",
-    "latency_ms_b1_onnx_int8",
-    "latency_ms_b1_onnx_int8_p10",
-    "latency_ms_b1_onnx_int8_p90",
-    "size_mb_onnx_fp32",
-    "size_mb_onnx_int8",
-    "val_acc_onnx_int8",
-    "test_acc_onnx_int8",
-    "test_acc_onnx_fp32",
-    # share of test images on which the INT8 file's top-1 class is the fp32 file's
-    "test_agree_onnx_int8",
+    *ONNX_COLUMNS,
 )
 #: Which code made the numbers (kdtune.trial.provenance writes them into every row).
 VERSION_COLUMNS = (
@@ -204,18 +208,7 @@ AGG_METRICS = (
     "restarts",
     "bookkeeping_ms",
     "epoch_ms",
-    "latency_ms_b1_onnx_fp32",
-    "latency_ms_b1_onnx_fp32_p10",
-    "latency_ms_b1_onnx_fp32_p90",
-    "latency_ms_b1_onnx_int8",
-    "latency_ms_b1_onnx_int8_p10",
-    "latency_ms_b1_onnx_int8_p90",
-    "size_mb_onnx_fp32",
-    "size_mb_onnx_int8",
-    "val_acc_onnx_int8",
-    "test_acc_onnx_int8",
-    "test_acc_onnx_fp32",
-    "test_agree_onnx_int8",
+    *ONNX_COLUMNS,
 )
 
 EPOCH_COLUMNS = ("trial_id", "epoch", "phase", "val_acc", "train_loss", "lr")
