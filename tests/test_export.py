@@ -75,7 +75,10 @@ def _ort_logits(path, x: torch.Tensor) -> np.ndarray:
 STUDENTS = [("resnet8", "cifar", 0.0), ("resnet20", "cifar", 0.0), ("resnet20", "standard", 0.0),
             ("mobilenet_v3_small", "cifar", 0.0), ("mobilenet_v3_small", "standard", 0.0),
             ("cnn4", "cifar", 0.0), ("resnet20", "cifar", 0.5),
-            ("mobilenet_v3_small", "cifar", 0.3)]
+            ("mobilenet_v3_small", "cifar", 0.3),
+            # the rest of the registry: any model can be a student
+            ("resnet32", "cifar", 0.0), ("resnet56", "cifar", 0.3), ("resnet18", "cifar", 0.3),
+            ("resnet34", "standard", 0.0), ("resnet50", "cifar", 0.3)]
 
 
 @pytest.mark.parametrize("arch, stem, ratio", STUDENTS)
@@ -470,3 +473,9 @@ def test_bench_onnx_section_reports_fp32_vs_int8_of_a_trained_student(tiny_raw, 
     out = capsys.readouterr().out
     assert "fp32 vs static INT8 in onnxruntime" in out and "trained 1 epoch(s)" in out
     assert out.count("cnn4/cifar") == 1 and "int8" in out
+
+
+def test_the_export_tests_cover_every_registry_model():
+    from kdtune.models import list_models
+
+    assert {arch for arch, _, _ in STUDENTS} == set(list_models())
