@@ -67,7 +67,6 @@ import hashlib
 import io
 import json
 import os
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -372,9 +371,7 @@ def time_session(sess, input_size: int, warmup: int = 10, runs: int = 50) -> dic
         t0 = time.perf_counter()
         sess.run([OUTPUT_NAME], feed)
         times.append((time.perf_counter() - t0) * 1e3)
-    return {"latency_ms_b1": statistics.median(times),
-            "latency_ms_b1_p10": measure._percentile(times, 10),
-            "latency_ms_b1_p90": measure._percentile(times, 90)}
+    return measure.latency_stats(times)
 
 
 def file_mb(path: str | Path) -> float:
@@ -616,15 +613,14 @@ def export_student(path: str | Path, trial: str | None = None, fmt: str = "onnx"
         raise KDTuneError(f"--out {out}: an ONNX file's name ends in .onnx")
     from .config import trial_config
     from .data import load_arrays, make_split
-    from .models import architecture_signature, load_student
+    from .models import architecture_signature, read_student, rebuild_student
     from .trial import provenance
 
     cfg = src.config
     if data_root is not None:
         cfg = trial_config(cfg.to_dict(), [("data.root", data_root)])
-    model = load_student(src.checkpoint)
-    saved = torch.load(src.checkpoint, map_location="cpu", weights_only=True)
-    arch, stem = saved.get("arch"), saved.get("stem")
+    arch, stem, state = read_student(src.checkpoint)  # one read: the model and what it is
+    model = rebuild_student(arch, stem, state).eval()
     if (arch, stem) != (cfg.student.arch, cfg.student.stem):
         raise KDTuneError(f"{src.checkpoint}: holds a {arch}/{stem} student but its config "
                           f"says {cfg.student.arch}/{cfg.student.stem}")

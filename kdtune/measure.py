@@ -154,6 +154,13 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+def latency_stats(latencies_ms: list[float]) -> dict[str, float]:
+    """Batch-1 latency summary of timed calls (ms): median, and p10..p90 as its spread."""
+    return {"latency_ms_b1": statistics.median(latencies_ms),
+            "latency_ms_b1_p10": _percentile(latencies_ms, 10),
+            "latency_ms_b1_p90": _percentile(latencies_ms, 90)}
+
+
 def measure_speed(
     model: nn.Module,
     device: torch.device | str,
@@ -207,10 +214,8 @@ def measure_speed(
                 bench(xb)
             batch_times = [timed(xb) for _ in range(max(3, runs // 10))]
     return {
-        "latency_ms_b1": statistics.median(latencies),
         # the spread a difference must exceed to be a difference: p10..p90 of the runs
-        "latency_ms_b1_p10": _percentile(latencies, 10),
-        "latency_ms_b1_p90": _percentile(latencies, 90),
+        **latency_stats(latencies),
         "throughput_ips": batch / statistics.median(batch_times),
         "throughput_batch": batch,
         "measure_device": device_label(device),

@@ -300,6 +300,13 @@ def load_student(path, arch: str | None = None, stem: str | None = None,
     from the saved tensors' shapes (see :func:`rebuild_student`), never from pickled modules.
     ``arch``/``stem`` are needed only for a plain ``state_dict`` file (kdtune before 0.2).
     """
+    arch, stem, state = read_student(path, arch, stem, map_location)
+    return rebuild_student(arch, stem, state).eval()
+
+
+def read_student(path, arch: str | None = None, stem: str | None = None,
+                 map_location="cpu") -> tuple[str, str, dict[str, torch.Tensor]]:
+    """``(arch, stem, state_dict)`` of a saved student, without building it."""
     try:
         saved = torch.load(path, map_location=map_location, weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
@@ -312,7 +319,7 @@ def load_student(path, arch: str | None = None, stem: str | None = None,
                           "load_student(path, arch=..., stem=...)")
     else:
         state = saved
-    return rebuild_student(arch, stem, state).eval()
+    return arch, stem, state
 
 
 def rebuild_student(arch: str, stem: str, state: dict[str, torch.Tensor]) -> nn.Module:
