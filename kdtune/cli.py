@@ -62,16 +62,19 @@ def cmd_validate(args) -> int:
 
     raw = read_yaml(args.config)
     if "search" in raw:
-        from .sweep.plan import baseline_configs, n_trials, teacher_configs
+        from .sweep.plan import baseline_configs, check_methods, n_trials, teacher_configs
 
         sw = load_sweep_config(args.config)
+        check_methods(sw)
         print(f"{args.config}: ok (sweep '{sw.search.name}': {len(sw.space)} searched keys, "
               f"{n_trials(sw)} trials incl. {len(baseline_configs(sw)) * len(sw.search.seeds)}"
               f" fixed baseline runs (alpha = 0 and its KD twin), {len(sw.search.seeds)} "
               "seed(s), "
               f"{len(teacher_configs(sw, sw.base.to_dict()))} teacher(s))")
     else:
-        load_trial_config(args.config)
+        from .distill import check_method
+
+        check_method(load_trial_config(args.config))
         print(f"{args.config}: ok (trial)")
     return 0
 

@@ -26,6 +26,17 @@ SCHEDULES = ("cosine", "onecycle")
 PRUNE_SCOPES = ("global", "layerwise")
 PRUNE_METHODS = ("unstructured", "channel")  # see kdtune/prune.py for what each can move
 TEACHER_CACHES = ("views", "none", "auto")
+# kd.method: what the student learns from the teacher (kdtune/distill.py, kdtune/losses.py).
+# Logit methods read the teacher's logits (the view cache serves them); feature methods need its
+# feature maps, so the teacher runs online on the student's batch.
+KD_METHODS = ("logit", "fitnets", "attention", "dkd")
+FEATURE_METHODS = ("fitnets", "attention")
+# kd.feature_weight when not set: mdistiller's CIFAR weights for these exact loss forms
+# (FitNets' hint MSE 100; attention transfer 1000, the paper's beta = 1e3)
+FEATURE_WEIGHT_DEFAULTS = {"fitnets": 100.0, "attention": 1000.0}
+# keys that mean something for some methods only: (key, the methods it applies to)
+KD_METHOD_KEYS = {"feature_weight": FEATURE_METHODS, "dkd_alpha": ("dkd",),
+                  "dkd_beta": ("dkd",), "dkd_warmup": ("dkd",)}
 PRETRAINED = (None, "imagenet")
 # auto: on for CUDA (where bf16 autocast and channels_last pay off), off for CPU. Forcing them on
 # is how the CPU test suite runs the CUDA code paths.
@@ -110,9 +121,31 @@ class TrainConfig:
 
 @dataclass
 class KDConfig:
+    method: str = _f("logit", choices=KD_METHODS,
+                     doc="logit: Hinton KD; fitnets: + feature hints through a regressor; "
+                         "attention: + attention transfer; dkd: decoupled KD (README)")
     temperature: float = _f(4.0, gt=0)
-    alpha: float = _f(0.9, ge=0, le=1)
+    alpha: float = _f(0.9, ge=0, le=1, doc="weight of the teacher's logit term (logit, "
+                      "fitnets, attention); 0 turns distillation off for every method")
     label_smoothing: float = _f(0.05, ge=0, lt=1)
+    feature_weight: float | None = _f(None, ge=0, doc="fitnets/attention: weight of the "
+                                      "feature loss; default 100 (fitnets), 1000 (attention)")
+    dkd_alpha: float = _f(1.0, ge=0, doc="dkd: weight of TCKD (target vs non-target)")
+    dkd_beta: float = _f(8.0, ge=0, doc="dkd: weight of NCKD (among non-target classes)")
+    dkd_warmup: int | None = _f(None, ge=0, doc="dkd: epochs over which the DKD term ramps "
+                                "in, weight min(epoch / warmup, 1); default train.epochs / 12 "
+                                "rounded, at least 1 (the paper: 20 of 240)")
+
+    def resolved_feature_weight(self) -> float | None:
+        if self.method not in FEATURE_METHODS:
+            return None
+        return FEATURE_WEIGHT_DEFAULTS[self.method] if self.feature_weight is None \
+            else self.feature_weight
+
+    def resolved_dkd_warmup(self, train_epochs: int) -> int | None:
+        if self.method != "dkd":
+            return None
+        return max(1, round(train_epochs / 12)) if self.dkd_warmup is None else self.dkd_warmup
 
 
 @dataclass
@@ -382,6 +415,10 @@ def _check_trial(cfg: TrialConfig) -> TrialConfig:
     if cfg.prune.method == "channel" and cfg.prune.include_linear:
         raise KDTuneError("prune.include_linear: applies to prune.method: unstructured only; "
                           "channel pruning never cuts the output classifier")
+    if cfg.teacher.cache == "views" and cfg.kd.method in FEATURE_METHODS and cfg.kd.alpha > 0:
+        raise KDTuneError(f"teacher.cache: views cannot serve kd.method: {cfg.kd.method} (it "
+                          "needs the teacher's feature maps, which the view cache does not "
+                          "hold); use teacher.cache: auto or none")
     dev = cfg.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise KDTuneError(f"device: got {dev!r}; allowed: auto, cpu, cuda, cuda:N")
@@ -402,11 +439,39 @@ def trial_config(raw: dict | None = None, overrides: list[tuple[str, Any]] | Non
     return _check_trial(build(TrialConfig, raw))
 
 
+def check_kd_keys(methods: set[str], given: dict[str, Any], where: str = "") -> None:
+    """Refuse kd keys written for a method the config never runs. `methods`: every kd.method
+    the config (or sweep) can run; `given`: the kd keys the user wrote -> value (None: a
+    searched key). In a sweep that searches kd.method they apply to the trials of their method
+    and are inert in the others, as kd.temperature is at kd.alpha 0."""
+    for key, value in given.items():
+        applies = KD_METHOD_KEYS.get(key)
+        if applies and not set(applies) & methods:
+            raise KDTuneError(f"{where}kd.{key}: applies to kd.method: "
+                              f"{' or '.join(applies)} only; this config runs "
+                              f"{', '.join(sorted(methods))}")
+    if methods == {"dkd"} and "alpha" in given and given["alpha"] != 0:
+        raise KDTuneError(f"{where}kd.alpha: not used by kd.method: dkd (its loss is CE + "
+                          "warmup x (kd.dkd_alpha x TCKD + kd.dkd_beta x NCKD)); set "
+                          "kd.dkd_alpha / kd.dkd_beta, or kd.alpha: 0 alone for the no-KD "
+                          "baseline")
+
+
+def _given_kd(raw: dict, overrides) -> dict[str, Any]:
+    given = dict((raw.get("kd") or {}) if isinstance(raw.get("kd"), dict) else {})
+    for key, value in overrides or []:
+        if key.startswith("kd."):
+            given[key[3:]] = value
+    return given
+
+
 def load_trial_config(path: str | Path, overrides=None) -> TrialConfig:
     raw = read_yaml(path)
     if "search" in raw:
         raise KDTuneError(f"{path}: has a search: section; run it with `kdtune sweep {path}`")
-    return trial_config(raw, overrides)
+    cfg = trial_config(raw, overrides)
+    check_kd_keys({cfg.kd.method}, _given_kd(raw, overrides))
+    return cfg
 
 
 # --- sweeps ----------------------------------------------------------------------------------
@@ -501,6 +566,9 @@ def sweep_config(raw: dict, overrides=None, default_name: str = "sweep") -> Swee
         spec = build(ParamSpec, spec_raw, f"search.space.{key}")
         _check_param(key, spec, yaml.safe_load(yaml.safe_dump(base.to_dict())))
         space[key] = spec
+    methods = set(space["kd.method"].values) if "kd.method" in space else {base.kd.method}
+    check_kd_keys(methods, _given_kd(raw, None))
+    check_kd_keys(methods, {k[3:]: None for k in space if k.startswith("kd.")}, "search.space.")
     if STEM_SHORTHAND in space and ("teacher.stem" in space or "student.stem" in space):
         raise KDTuneError("search.space.stem: sets teacher.stem and student.stem together; "
                           "drop the separate teacher.stem/student.stem entry")

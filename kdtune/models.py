@@ -33,23 +33,32 @@ PRETRAINED = (None, "imagenet")
 Builder = Callable[[int, str, "dict[str, Any] | None"], nn.Module]
 
 
+# stages(model) -> names of the modules whose outputs are the model's stages, shallow to deep;
+# the last is the feature map the classifier pools (what feature distillation reads).
+Stages = Callable[[nn.Module], "list[str]"]
+
+
 @dataclass(frozen=True)
 class _Entry:
     build: Builder
     # A pinned enum member (not ``DEFAULT``) so results do not change when torchvision moves DEFAULT.
     imagenet_weights: tvm.WeightsEnum | None
+    stages: Stages | None = None
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_model(name: str, *, imagenet_weights: tvm.WeightsEnum | None = None):
-    """Decorator adding ``builder(num_classes, stem, imagenet_state)`` under ``name``."""
+def register_model(name: str, *, imagenet_weights: tvm.WeightsEnum | None = None,
+                   stages: Stages | None = None):
+    """Decorator adding ``builder(num_classes, stem, imagenet_state)`` under ``name``;
+    ``stages(model)`` names its stage outputs for feature distillation (kd.method fitnets and
+    attention), None where it has none."""
 
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = _Entry(builder, imagenet_weights)
+        _REGISTRY[name] = _Entry(builder, imagenet_weights, stages)
         return builder
 
     return decorator
@@ -57,6 +66,18 @@ def register_model(name: str, *, imagenet_weights: tvm.WeightsEnum | None = None
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def feature_stages(name: str, model: nn.Module) -> list[str]:
+    """Module names of ``model``'s (registry model ``name``) stage outputs, shallow to deep;
+    the last is the feature map before global pooling. Pruning keeps module names, so the
+    same names serve a pruned copy."""
+    entry = _REGISTRY.get(name)
+    if entry is None or entry.stages is None:
+        have = [n for n in list_models() if _REGISTRY[n].stages is not None]
+        raise KDTuneError(f"model {name!r} has no registered feature stages, so feature "
+                          f"distillation cannot read it; models with stages: {', '.join(have)}")
+    return entry.stages(model)
 
 
 def create_model(
@@ -120,23 +141,33 @@ def _torchvision_resnet(ctor, num_classes: int, stem: str, state) -> nn.Module:
     return model
 
 
-@register_model("resnet18", imagenet_weights=tvm.ResNet18_Weights.IMAGENET1K_V1)
+@register_model("resnet18", imagenet_weights=tvm.ResNet18_Weights.IMAGENET1K_V1,
+                stages=lambda m: ["layer1", "layer2", "layer3", "layer4"])
 def _resnet18(num_classes, stem, state):
     return _torchvision_resnet(tvm.resnet18, num_classes, stem, state)
 
 
-@register_model("resnet34", imagenet_weights=tvm.ResNet34_Weights.IMAGENET1K_V1)
+@register_model("resnet34", imagenet_weights=tvm.ResNet34_Weights.IMAGENET1K_V1,
+                stages=lambda m: ["layer1", "layer2", "layer3", "layer4"])
 def _resnet34(num_classes, stem, state):
     return _torchvision_resnet(tvm.resnet34, num_classes, stem, state)
 
 
 # V1 rather than V2 for resnet50: resnet18/34 only have V1, and one recipe keeps teachers comparable.
-@register_model("resnet50", imagenet_weights=tvm.ResNet50_Weights.IMAGENET1K_V1)
+@register_model("resnet50", imagenet_weights=tvm.ResNet50_Weights.IMAGENET1K_V1,
+                stages=lambda m: ["layer1", "layer2", "layer3", "layer4"])
 def _resnet50(num_classes, stem, state):
     return _torchvision_resnet(tvm.resnet50, num_classes, stem, state)
 
 
-@register_model("mobilenet_v3_small", imagenet_weights=tvm.MobileNet_V3_Small_Weights.IMAGENET1K_V1)
+def _mobilenet_stages(model: nn.Module) -> list[str]:
+    # torchvision's fixed MobileNetV3-Small layout: the last block at each resolution (features
+    # 2, 4 and 9 start with stride 2), then the 576-channel 1x1 conv the classifier pools
+    return ["features.1", "features.3", "features.8", f"features.{len(model.features) - 1}"]
+
+
+@register_model("mobilenet_v3_small", imagenet_weights=tvm.MobileNet_V3_Small_Weights.IMAGENET1K_V1,
+                stages=_mobilenet_stages)
 def _mobilenet_v3_small(num_classes, stem, state):
     model = tvm.mobilenet_v3_small(weights=None, num_classes=1000 if state is not None else num_classes)
     if state is not None:
@@ -222,8 +253,13 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
 
 
+def _cifar_resnet_stages(model: nn.Module) -> list[str]:
+    n = len(model.layers) // 3  # the last block of each of the 3 stages
+    return [f"layers.{n - 1}", f"layers.{2 * n - 1}", f"layers.{3 * n - 1}"]
+
+
 def _register_cifar_resnet(depth: int) -> None:
-    @register_model(f"resnet{depth}")
+    @register_model(f"resnet{depth}", stages=_cifar_resnet_stages)
     def _build(num_classes, stem, state):
         return CifarResNet(depth, num_classes, stem)
 
@@ -268,7 +304,11 @@ class CNN4(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@register_model("cnn4")
+def _cnn4_stages(model: nn.Module) -> list[str]:
+    return [f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, nn.ReLU)]
+
+
+@register_model("cnn4", stages=_cnn4_stages)
 def _cnn4(num_classes, stem, state):
     return CNN4(num_classes, stem)
 

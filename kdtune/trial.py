@@ -19,7 +19,7 @@ from . import measure
 from .config import TrialConfig
 from .data import DeviceData, Split, load_split, num_views
 from .errors import KDTuneError
-from .losses import kd_loss
+from .distill import Distiller, check_method, teacher_mode
 from .models import architecture_signature, create_model, rebuild_student, save_student
 from .prune import apply_pruning, make_permanent, prune_channels, sparsity
 from .storage import atomic_path
@@ -76,9 +76,12 @@ def provenance(device: torch.device | None = None) -> dict:
 
 def resolve_cache_mode(cfg: TrialConfig, teacher_passes_per_image: float) -> str:
     """`teacher.cache: auto`: the view cache costs num_views teacher passes per image once; an
-    online teacher costs one per image per student epoch. Pick the cheaper for the planned work."""
+    online teacher costs one per image per student epoch. Pick the cheaper for the planned work.
+    Feature methods (kd.method fitnets, attention) always run the teacher online."""
     if cfg.kd.alpha == 0:
         return "none"  # the no-KD baseline needs no teacher at all
+    if cfg.kd.method not in ("logit", "dkd"):
+        return "none"
     if cfg.teacher.cache != "auto":
         return cfg.teacher.cache
     return "views" if teacher_passes_per_image > num_views(cfg.data.augment) else "none"
@@ -94,6 +97,9 @@ def _config_hash(cfg: TrialConfig, data_identity: str) -> str:
     d["data"].pop("root")
     if d["prune"]["method"] == "unstructured":  # keys added with channel pruning: an older
         del d["prune"]["method"], d["prune"]["round_to"]  # checkpoint still matches
+    if d["kd"]["method"] == "logit":  # and those added with kd.method
+        for key in ("method", "feature_weight", "dkd_alpha", "dkd_beta", "dkd_warmup"):
+            del d["kd"][key]
     d["data_identity"] = data_identity
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -142,7 +148,9 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
     total_epochs = cfg.train.epochs + (cfg.prune.finetune_epochs if cfg.prune.ratio > 0 else 0)
     if cache_mode is None:
         cache_mode = resolve_cache_mode(cfg, cfg.train.epochs)
-    cache_mode = "none" if cfg.kd.alpha == 0 else cache_mode
+    # the sweep's choice holds for logit methods; feature methods and alpha 0 decide here
+    cache_mode = teacher_mode(cfg, cache_mode)
+    check_method(cfg, dd.input_size)
 
     if cfg.kd.alpha > 0:
         if teacher is None:
@@ -161,28 +169,25 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
     student = place_model(create_model(cfg.student.arch, num_classes=split.num_classes,
                                        stem=cfg.student.stem), device, channels_last)
     flops = measure.count_flops(student, (1, 3, dd.input_size, dd.input_size))
-    kd = cfg.kd
-
-    def loss_fn(logits, idx, x, y, view):
-        t_logits = None
-        if kd.alpha > 0:
-            if cache_mode == "views":
-                t_logits = teacher.views[idx, view]
-            else:
-                with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                    t_logits = teacher.model(x)
-        return kd_loss(logits, t_logits, y, kd.temperature, kd.alpha, kd.label_smoothing)
+    distiller = Distiller(cfg, teacher, cache_mode, device, bf16=bf16,
+                          input_size=dd.input_size, channels_last=channels_last)
+    distiller.attach(student)
 
     steps = dd.steps_per_epoch(cfg.train.batch_size)
     ft_lr = cfg.prune.finetune_lr or cfg.train.lr / 10
 
+    def trained():
+        # the student first, so its parameters keep their optimizer slots with or without a
+        # regressor beside it (FitNets), which trains with the same optimizer but is not in it
+        return torch.nn.ModuleList([student, *distiller.extra_modules()])
+
     def new_phase(phase: str):
         if phase == "train":
-            opt = make_optimizer(student, cfg.train.optimizer, cfg.train.lr,
+            opt = make_optimizer(trained(), cfg.train.optimizer, cfg.train.lr,
                                  cfg.train.weight_decay, cfg.train.momentum)
             return opt, make_schedule(opt, cfg.train.schedule, cfg.train.lr,
                                       cfg.train.epochs * steps)
-        opt = make_optimizer(student, cfg.train.optimizer, ft_lr, cfg.train.weight_decay,
+        opt = make_optimizer(trained(), cfg.train.optimizer, ft_lr, cfg.train.weight_decay,
                              cfg.train.momentum)
         return opt, make_schedule(opt, "cosine", ft_lr, cfg.prune.finetune_epochs * steps)
 
@@ -195,8 +200,10 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
             apply_pruning(student, p.ratio, p.scope, p.include_linear)
             return
         example = torch.zeros(1, 3, dd.input_size, dd.input_size, device=device)
+        distiller.before_prune(student)
         prune_cut = prune_channels(student, p.ratio, example, p.scope, p.round_to)
         place_model(student, device, channels_last)  # the new, narrower tensors too
+        distiller.attach(student)  # FitNets: a regressor for the narrower last stage
         flops = measure.count_flops(student, (1, 3, dd.input_size, dd.input_size))
         log(f"channel pruning: {prune_cut:.1%} of conv channels removed (asked "
             f"{p.ratio:.1%}, widths rounded to multiples of {p.round_to}), "
@@ -219,9 +226,11 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
                                                   state["model"]), device, channels_last)
             flops = measure.count_flops(student, (1, 3, dd.input_size, dd.input_size))
             prune_cut = state.get("prune_cut")
+            distiller.attach(student)
             opt, sched = new_phase("finetune")
         else:
             student.load_state_dict(state["model"])
+        distiller.load_state_dict(state.get("distiller", {}))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
@@ -246,8 +255,9 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
             opt, sched = new_phase("finetune")
         lr = opt.param_groups[0]["lr"]
         t0 = time.perf_counter()
+        distiller.epoch = epoch
         loss, n_steps = train_epoch(student, dd, opt, sched, cfg.train.batch_size,
-                                    cfg.seed * 100_003 + epoch, loss_fn, bf16=bf16)
+                                    cfg.seed * 100_003 + epoch, distiller.loss, bf16=bf16)
         t_train = time.perf_counter()
         step_s.append((t_train - t0) / n_steps)
         val = measure.accuracy(student, dd.eval_batches("val", eval_bs), autocast_bf16=bf16)
@@ -270,6 +280,7 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
             _save_ckpt(ckpt_path, {
                 "config_hash": chash, "epoch": epoch, "phase": phase, "history": history,
                 "step_s": step_s, "model": student.state_dict(), "prune_cut": prune_cut,
+                "distiller": distiller.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
         log(f"epoch {epoch}/{total_epochs} [{phase}] loss {loss:.4f} val_acc {val:.2%} "
             f"lr {lr:.3g} ({(time.perf_counter() - t0):.1f}s)")
@@ -285,6 +296,7 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
 
     if cfg.prune.ratio > 0 and phase == "train":
         prune_now()  # ratio > 0 with no fine-tune epochs: prune and measure as is
+    distiller.close()  # the hooks go: the student (and a shared teacher) leave as they came
     make_permanent(student)
     sparse = sparsity(student, cfg.prune.include_linear)
     result = {
@@ -302,6 +314,8 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
         "arch_signature": architecture_signature(student, cfg.student.arch, cfg.student.stem,
                                                  dd.input_size),
         "epochs_trained": total_epochs, "teacher_cache": cache_mode,
+        "kd_method": distiller.method, "kd_feature_weight": distiller.feature_weight,
+        "kd_dkd_warmup_epochs": distiller.dkd_warmup,
         "view_cache_build_s": getattr(teacher, "views_build_s", None),
         "teacher_train_s": getattr(teacher, "train_s", None),
         "train_step_ms": 1000 * float(np.median(step_s)) if step_s else None,

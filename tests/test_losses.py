@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdtune.losses import kd_loss
+from kdtune.losses import at_loss, dkd_loss, kd_loss
 
 STUDENT = [[1.0, 2.0, 0.5], [0.2, -1.0, 3.0]]
 TEACHER = [[2.0, 1.0, 0.0], [0.0, 0.5, 4.0]]
@@ -123,3 +123,139 @@ def test_teacher_logits_from_inference_mode_are_usable():
     logits = s.clone().requires_grad_()
     kd_loss(logits, te_inf, y, 4.0, 0.5).backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+# --- attention transfer (Zagoruyko & Komodakis 2017) ------------------------------------------
+
+
+def hand_attention(fmap, p=2.0):
+    """a(f) with plain floats: fmap is [C][H][W] -> flattened, L2-normalised mean_c |f|^p."""
+    c, h, w = len(fmap), len(fmap[0]), len(fmap[0][0])
+    flat = [sum(abs(fmap[k][i][j]) ** p for k in range(c)) / c for i in range(h) for j in range(w)]
+    norm = math.sqrt(sum(v * v for v in flat))
+    return [v / norm for v in flat]
+
+
+def hand_at(f_s, f_t, p=2.0):
+    """mean over batch and positions of (a(f_s) - a(f_t))^2, equal spatial sizes."""
+    diffs = []
+    for s, t in zip(f_s, f_t):
+        diffs += [(a - b) ** 2 for a, b in zip(hand_attention(s, p), hand_attention(t, p))]
+    return sum(diffs) / len(diffs)
+
+
+def _feats(seed, shape):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
+def test_at_loss_matches_hand_computed_value(p):
+    # different channel counts on purpose: attention maps average channels away
+    f_s, f_t = _feats(0, (2, 3, 4, 4)), _feats(1, (2, 5, 4, 4))
+    got = at_loss(f_s, f_t, p=p).item()
+    assert got == pytest.approx(hand_at(f_s.tolist(), f_t.tolist(), p), rel=1e-5)
+
+
+def test_at_loss_pinned_golden_number():
+    f_s = torch.tensor([[[[1.0, -2.0], [0.5, 0.0]], [[0.0, 1.0], [-1.0, 2.0]]]])
+    f_t = torch.tensor([[[[0.0, 1.0], [2.0, 1.0]]]])
+    # a(f_s) = [0.5, 2.5, 0.625, 2] / |.| , a(f_t) = [0, 1, 4, 1] / sqrt(18)
+    a_s = [v / math.sqrt(0.25 + 6.25 + 0.390625 + 4) for v in (0.5, 2.5, 0.625, 2.0)]
+    a_t = [v / math.sqrt(18) for v in (0.0, 1.0, 4.0, 1.0)]
+    want = sum((a - b) ** 2 for a, b in zip(a_s, a_t)) / 4
+    assert at_loss(f_s, f_t).item() == pytest.approx(want, rel=1e-6)
+    assert want == pytest.approx(0.2500199, abs=1e-6)
+
+
+def test_at_loss_sums_stage_pairs_and_resizes_the_student_map():
+    s1, t1 = _feats(2, (2, 4, 8, 8)), _feats(3, (2, 6, 4, 4))
+    s2, t2 = _feats(4, (2, 4, 2, 2)), _feats(5, (2, 6, 4, 4))
+    # the student's 8x8 map is area-averaged to 4x4: each output is the mean of a 2x2 block
+    amap = s1.abs().pow(2).mean(1)
+    pooled = amap.reshape(2, 4, 2, 4, 2).mean((2, 4))
+    a_s = F.normalize(pooled.flatten(1), dim=1)
+    a_t = F.normalize(t1.pow(2).mean(1).flatten(1), dim=1)
+    first = (a_s - a_t).pow(2).mean()
+    # the student's 2x2 map is upsampled bilinearly to 4x4
+    up = F.interpolate(s2.pow(2).mean(1, keepdim=True), size=(4, 4), mode="bilinear",
+                       align_corners=False)
+    second = (F.normalize(up.flatten(1), dim=1)
+              - F.normalize(t2.pow(2).mean(1).flatten(1), dim=1)).pow(2).mean()
+    got = at_loss([s1, s2], [t1, t2])
+    assert got.item() == pytest.approx((first + second).item(), rel=1e-5)
+    assert at_loss(s1, s1 * 3).item() == pytest.approx(0.0, abs=1e-7)  # scale-free per sample
+
+
+def test_at_loss_is_float32_under_bf16_inputs_and_differentiable():
+    f_s = _feats(6, (2, 3, 4, 4)).bfloat16().requires_grad_()
+    f_t = _feats(7, (2, 3, 4, 4)).bfloat16()
+    loss = at_loss(f_s, f_t)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert f_s.grad is not None and torch.isfinite(f_s.grad.float()).all()
+
+
+# --- decoupled KD (Zhao et al. 2022) -----------------------------------------------------------
+
+
+def hand_dkd(student, teacher, targets, alpha, beta, t):
+    """DKD as mdistiller writes it (softmax, then the binary and the masked non-target KLs),
+    with plain floats."""
+    n = len(student)
+    tckd = nckd = 0.0
+    for s_row, t_row, y in zip(student, teacher, targets):
+        ps, pt = softmax(s_row, t), softmax(t_row, t)
+        bs, bt = [ps[y], 1 - ps[y]], [pt[y], 1 - pt[y]]
+        tckd += sum(q * math.log(q / r) for q, r in zip(bt, bs))
+        # non-target: softmax of logits/T with the target pushed out (mdistiller: -1000 * gt)
+        others = [i for i in range(len(s_row)) if i != y]
+        qs = softmax([s_row[i] for i in others], t)
+        qt = softmax([t_row[i] for i in others], t)
+        nckd += sum(q * math.log(q / r) for q, r in zip(qt, qs))
+    return t * t * (alpha * tckd + beta * nckd) / n
+
+
+@pytest.mark.parametrize("alpha,beta,t", [(1.0, 8.0, 4.0), (0.5, 2.0, 1.0), (2.0, 0.0, 2.0)])
+def test_dkd_matches_hand_computed_value(alpha, beta, t):
+    s, te, y = tensors()
+    got = dkd_loss(s, te, y, alpha=alpha, beta=beta, temperature=t).item()
+    assert got == pytest.approx(hand_dkd(STUDENT, TEACHER, TARGETS, alpha, beta, t), rel=1e-5)
+
+
+def test_dkd_pinned_golden_number():
+    s, te, y = tensors()
+    assert dkd_loss(s, te, y, 1.0, 8.0, 4.0).item() == pytest.approx(
+        hand_dkd(STUDENT, TEACHER, TARGETS, 1.0, 8.0, 4.0), rel=1e-5)
+    assert hand_dkd(STUDENT, TEACHER, TARGETS, 1.0, 8.0, 4.0) == pytest.approx(2.6412469,
+                                                                               abs=1e-6)
+
+
+def test_dkd_decomposes_hinton_kd():
+    """Zhao et al. eq. 5: KD = TCKD + (1 - p_t^teacher) * NCKD, for any logits."""
+    g = torch.Generator().manual_seed(0)
+    s, te = torch.randn(6, 10, generator=g), torch.randn(6, 10, generator=g) * 3
+    y = torch.randint(0, 10, (6,), generator=g)
+    t = 2.0
+    kd = kd_loss(s, te, y, t, alpha=1.0)
+    per = [dkd_loss(s[i:i + 1], te[i:i + 1], y[i:i + 1], 1.0, 0.0, t)
+           + (1 - F.softmax(te[i] / t, 0)[y[i]])
+           * dkd_loss(s[i:i + 1], te[i:i + 1], y[i:i + 1], 0.0, 1.0, t) for i in range(6)]
+    assert kd.item() == pytest.approx(torch.stack(per).mean().item(), rel=1e-5)
+
+
+def test_dkd_is_zero_for_identical_logits_and_finite_when_confident():
+    s, _, y = tensors()
+    assert dkd_loss(s, s, y, 1.0, 8.0, 4.0).item() == pytest.approx(0.0, abs=1e-7)
+    # a teacher sure to ~1e-40: no log(0), no nan in the loss or its gradient
+    sure = torch.tensor([[0.0, 400.0, 0.0], [0.0, 0.0, 400.0]])
+    st = s.clone().requires_grad_()
+    loss = dkd_loss(st, sure, y, 1.0, 8.0, 1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(st.grad).all()
+
+
+def test_dkd_is_float32_for_fp16_teacher_logits():
+    s, te, y = tensors()
+    out = dkd_loss(s.bfloat16(), te.half(), y, 1.0, 8.0, 4.0)
+    assert out.dtype == torch.float32

@@ -9,11 +9,12 @@ import copy
 import itertools
 from pathlib import Path
 
-from ..config import STEM_SHORTHAND, SweepConfig, TrialConfig, trial_config
+from ..config import FEATURE_METHODS, STEM_SHORTHAND, SweepConfig, TrialConfig, trial_config
 
 SEED_KEY = "seed"
 BASELINE_KEY = "is_baseline"
 GROUP_KEY = "student.arch"
+METHOD_KEY = "kd.method"
 # What sets a trial's cost per epoch before its first rung: ASHA compares trials at the same
 # epoch, so only trials that paid the same per epoch may be judged against each other. A
 # standard-stem student works on a 16x smaller map than its CIFAR-stem twin; a resize to 224 px
@@ -88,8 +89,41 @@ def baseline_configs(sw: SweepConfig) -> list[dict]:
     else:
         stems, stem_key = [sw.base.student.stem], "student.stem"
     twin_alpha = sw.base.kd.alpha or 0.9
-    return [{GROUP_KEY: a, stem_key: s, "kd.alpha": alpha, BASELINE_KEY: True}
-            for a in arch for s in stems for alpha in (0.0, twin_alpha)]
+    # kd.method searched: a KD twin per method, so each method has its like-for-like no-KD
+    # comparison (kd.alpha is inert for dkd; 0 alone switches distillation off)
+    methods = _values(sw.space[METHOD_KEY]) if METHOD_KEY in sw.space else [None]
+    out = []
+    for a in arch:
+        for s in stems:
+            out.append({GROUP_KEY: a, stem_key: s, "kd.alpha": 0.0, BASELINE_KEY: True})
+            for m in methods:
+                twin = {GROUP_KEY: a, stem_key: s, "kd.alpha": twin_alpha, BASELINE_KEY: True}
+                out.append(twin if m is None else {**twin, METHOD_KEY: m})
+    return out
+
+
+def check_methods(sw: SweepConfig, base: dict | None = None) -> None:
+    """kdtune.distill.check_method for every distinct kd.method x student x teacher x stem the
+    space can produce, before anything trains (KDTuneError naming the first that cannot work).
+    Builds small untrained networks on the CPU, so torch is imported here only when a feature
+    method is in play."""
+    methods = _values(sw.space[METHOD_KEY]) if METHOD_KEY in sw.space else [sw.base.kd.method]
+    if not set(methods) & set(FEATURE_METHODS):
+        return
+    from ..distill import check_method
+
+    base = sw.base.to_dict() if base is None else base
+    keys = [k for k in (METHOD_KEY, "student.arch", "student.stem", "teacher.arch",
+                        "teacher.stem", STEM_SHORTHAND) if k in sw.space]
+    seen = set()
+    for combo in itertools.product(*[_values(sw.space[k]) for k in keys]):
+        cfg = trial_cfg(base, dict(zip(keys, combo)))
+        cfg.kd.alpha = max(cfg.kd.alpha, 1e-6)  # the KD trials of this combination
+        what = (cfg.kd.method, cfg.student.arch, cfg.student.stem, cfg.teacher.arch,
+                cfg.teacher.stem)
+        if what not in seen:
+            seen.add(what)
+            check_method(cfg)
 
 
 def n_trials(sw: SweepConfig) -> int:

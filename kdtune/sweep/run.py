@@ -19,6 +19,7 @@ import yaml
 
 from ..config import load_sweep_config
 from ..data import load_split
+from ..distill import LOGIT_METHODS
 from ..errors import KDTuneError
 from ..export import resolve as resolve_onnx
 from ..storage import RAY_DIR, RunStore
@@ -29,7 +30,15 @@ from .asha import make_scheduler
 from .nodes import (alive_nodes, check_cluster, check_gpu_assignment, check_trial_fits,
                     local_versions, measure_task_options, runtime_env, teacher_task_options,
                     torch_build)
-from .plan import max_epochs, n_trials, resolve_paths, teacher_configs, trial_cfg
+from .plan import (
+    METHOD_KEY,
+    check_methods,
+    max_epochs,
+    n_trials,
+    resolve_paths,
+    teacher_configs,
+    trial_cfg,
+)
 from .remote import measure_jobs, prepare_one, trainable
 from .resume import check_same_data, first_difference, portable, restore_tuner, with_defaults
 from .space import make_searcher, optuna_space
@@ -241,6 +250,7 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
               out=None) -> Path:
     sw = load_sweep_config(space_path, overrides)
     optuna_space(sw, notes=True)  # what config checks let through but Optuna refuses
+    check_methods(sw)  # a kd.method x architecture pair that cannot work: now, not mid-sweep
     # measure.onnx: true without onnxruntime is said now, not after the trials
     onnx = sw.search.measure_after and resolve_onnx(sw.base.measure.onnx)
     base = resolve_paths(sw.base.to_dict())
@@ -316,16 +326,26 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
         check_trial_fits(nodes, r.cpu, gpu_frac)
         planned = n_trials(sw)
         max_t = sw.search.asha.max_t or max_epochs(sw, base)
-        probe = trial_cfg(base, {})
-        cache_mode = "views" if sw.base.teacher.cache == "auto" and \
+        # The cache for the trials of logit methods (logit, dkd); feature methods run their
+        # teacher online whatever this says (kdtune.distill.teacher_mode), per trial.
+        methods = list(sw.space[METHOD_KEY].values) if METHOD_KEY in sw.space \
+            else [sw.base.kd.method]
+        logit_methods = [m for m in methods if m in LOGIT_METHODS]
+        probe = trial_cfg(base, {"kd.method": (logit_methods or methods)[0]})
+        if probe.kd.alpha == 0:
+            probe.kd.alpha = 0.5
+        cache_mode = "views" if logit_methods and sw.base.teacher.cache == "auto" and \
             planned * sw.base.train.epochs > 162 else resolve_cache_mode(
-                probe if probe.kd.alpha > 0 else trial_cfg(base, {"kd.alpha": 0.5}),
-                planned * sw.base.train.epochs)
+                probe, planned * sw.base.train.epochs)
+        cache_note = cache_mode if len(logit_methods) == len(methods) else (
+            "online teacher (feature methods)" if not logit_methods else
+            f"{cache_mode} for {', '.join(logit_methods)}, online teacher for "
+            + ", ".join(m for m in methods if m not in LOGIT_METHODS))
         print(f"sweep '{sw.search.name}': {planned} trials ({len(sw.search.seeds)} seed(s)), "
               f"up to {max_t} epochs each, {sw.search.max_concurrent} at a time, "
               f"{gpu_frac:g} GPU + {r.cpu:g} CPU per trial; data {split.label} "
               f"({len(split.y_train)} train / {len(split.y_val)} val / {len(split.y_test)} "
-              f"test); teacher cache: {cache_mode} -> {store}" + (
+              f"test); teacher cache: {cache_note} -> {store}" + (
                   f" (working copy {run_dir})" if store.remote else ""), flush=True)
         split_ref = ray.put(split)
         # A CPU-only machine that is the whole cluster: teachers and the final latency

@@ -1,0 +1,284 @@
+"""What a student step minimises, per `kd.method`, and which teacher it needs.
+
+    logit      CE' + alpha * T^2 * KL                         (today's loss, kdtune.losses.kd_loss)
+    fitnets    logit + feature_weight * MSE(R(f_s), f_t)      (Romero et al. 2015, hint stage)
+    attention  logit + feature_weight * sum_j AT(f_s_j, f_t_j) (Zagoruyko & Komodakis 2017)
+    dkd        CE' + min(epoch / warmup, 1) * (dkd_alpha * TCKD + dkd_beta * NCKD)
+                                                              (Zhao et al. 2022)
+
+CE' is cross-entropy with kd.label_smoothing; "logit" is the first line with kd.alpha. kd.alpha
+= 0 turns distillation off for every method: plain CE', no teacher at all (the no-KD baseline).
+
+Which teacher: logit and dkd read only the teacher's logits, which the view cache
+(kdtune.teacher) holds for every crop/flip view, so they never run the teacher. fitnets and
+attention need the teacher's feature maps; caching those would cost 162 views x 45k images x
+(512 x 4 x 4 fp16 for resnet18's last stage alone) = 120 GB, so the teacher runs online, under
+no_grad, on exactly the batch the student sees. The choice is made per trial
+(`teacher_mode`), so one sweep mixes both.
+
+FitNets here is the single-stage variant (hint loss trained with the student, as mdistiller
+does), not the paper's two-stage hint-then-KD schedule: the regressor R (1x1 conv + BN, student
+channels -> teacher channels) is trained with the student by the same optimizer. It lives
+beside the student, never inside it: pruning never sees it, and size and FLOPs never count
+it. Channel pruning narrows the student's last stage, so R is rebuilt for the new width when
+the fine-tune starts, keeping the input columns of the channels that survived (found by matching
+the classifier's columns before and after, which pruning only slices): a freshly initialised R
+made the hint loss jump from 31 to 120 on the first fine-tune epoch of a cnn4 test trial.
+
+Feature maps come from forward hooks on the registry's stage modules
+(kdtune.models.feature_stages). Attention pairs the deepest k stages of each network in order
+(k = the smaller stage count) and drops pairs where either map is 1x1: its normalised
+attention map is the constant 1 and carries no gradient. With the ImageNet stem on 32 px
+images every stage of resnet18 can end up there; `check_method` refuses such a pair before
+anything trains.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import FEATURE_METHODS, KDConfig, TrialConfig
+from .errors import KDTuneError
+from .losses import at_loss, dkd_loss, kd_loss
+from .models import create_model, feature_stages
+
+LOGIT_METHODS = ("logit", "dkd")
+
+
+def teacher_mode(cfg: TrialConfig, sweep_mode: str) -> str:
+    """How this trial gets its teacher: "views" (the view cache), "none" (the teacher model
+    online; for alpha 0, no teacher at all). `sweep_mode` is what the run chose for logit
+    methods (kdtune.trial.resolve_cache_mode); feature methods always run online."""
+    if cfg.kd.alpha == 0 or cfg.kd.method in FEATURE_METHODS:
+        return "none"
+    return sweep_mode
+
+
+class FeatureTap:
+    """Keeps the last output of each named module (forward hooks), for one network."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        modules = dict(model.named_modules())
+        self.names = names
+        self.out: dict[str, torch.Tensor] = {}
+        self._hooks = [modules[n].register_forward_hook(self._keep(n)) for n in names]
+
+    def _keep(self, name: str):
+        def hook(module, inputs, output):
+            self.out[name] = output
+        return hook
+
+    def features(self) -> list[torch.Tensor]:
+        return [self.out[n] for n in self.names]
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks, self.out = [], {}
+
+
+def stage_shapes(model: nn.Module, names: list[str], input_size: int,
+                 device: torch.device | str = "cpu") -> list[tuple[int, int, int]]:
+    """(channels, height, width) of each named stage for one input_size image, found by one
+    eval-mode forward (batch norm in train mode refuses a batch of one 1x1 map)."""
+    tap = FeatureTap(model, names)
+    was_training = model.training
+    try:
+        model.eval()
+        p = next(model.parameters())
+        x = torch.zeros(1, 3, input_size, input_size, device=device, dtype=p.dtype)
+        with torch.no_grad():
+            model(x)
+        return [tuple(f.shape[1:]) for f in tap.features()]
+    finally:
+        tap.close()
+        model.train(was_training)
+
+
+def attention_pairs(s_shapes, t_shapes) -> list[tuple[int, int]]:
+    """(student stage, teacher stage) index pairs: the deepest k of each, in order, minus the
+    pairs where either map is 1x1."""
+    k = min(len(s_shapes), len(t_shapes))
+    pairs = list(zip(range(len(s_shapes) - k, len(s_shapes)),
+                     range(len(t_shapes) - k, len(t_shapes))))
+    return [(i, j) for i, j in pairs if s_shapes[i][1:] != (1, 1) and t_shapes[j][1:] != (1, 1)]
+
+
+def _names(cfg: TrialConfig) -> str:
+    return (f"student {cfg.student.arch}/{cfg.student.stem} <- teacher "
+            f"{cfg.teacher.arch}/{cfg.teacher.stem}")
+
+
+def check_method(cfg: TrialConfig, input_size: int | None = None) -> None:
+    """Refuse a kd.method x architecture pair that cannot work, before anything trains: a
+    feature method on a model without registered stages, or attention transfer where every
+    stage pair ends at 1x1. Builds both networks on the CPU (untrained) to read their shapes."""
+    if cfg.kd.alpha == 0 or cfg.kd.method not in FEATURE_METHODS:
+        return
+    size = input_size or cfg.data.resize or 32
+    shapes = []
+    for arch, stem in ((cfg.student.arch, cfg.student.stem), (cfg.teacher.arch, cfg.teacher.stem)):
+        model = create_model(arch, num_classes=10, stem=stem)
+        try:
+            names = feature_stages(arch, model)
+        except KDTuneError as e:
+            raise KDTuneError(f"kd.method: {cfg.kd.method} cannot work for {_names(cfg)}: "
+                              f"{e}") from None
+        try:
+            shapes.append(stage_shapes(model, names, size))
+        except RuntimeError as e:  # e.g. a pooling layer left with a 0x0 map
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise KDTuneError(f"{arch}/{stem} cannot run on {size} px images ({first}); use "
+                              "a larger data.resize or stem: cifar") from None
+    if cfg.kd.method == "attention" and not attention_pairs(*shapes):
+        raise KDTuneError(
+            f"kd.method: attention cannot work for {_names(cfg)} at {size} px: every paired "
+            f"stage ends at 1x1 (student {[s[1:] for s in shapes[0]]}, teacher "
+            f"{[s[1:] for s in shapes[1]]}), where an attention map is a constant with no "
+            "gradient; use stem: cifar, data.resize, or kd.method: fitnets/logit/dkd")
+
+
+def _resize_to(f: torch.Tensor, size) -> torch.Tensor:
+    if tuple(f.shape[-2:]) == tuple(size):
+        return f
+    if f.shape[-2] >= size[0] and f.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(f, size)
+    return F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+
+
+def _classifier(model: nn.Module) -> torch.Tensor:
+    """Weight of the first Linear: in every registry CNN it reads the pooled last stage, one
+    input column per channel."""
+    return next(m for m in model.modules() if isinstance(m, nn.Linear)).weight
+
+
+def _kept_columns(before: torch.Tensor | None, after: torch.Tensor) -> torch.Tensor | None:
+    """Index in `before` of each column of `after` (channel pruning slices columns, so each
+    surviving one is there exactly); None if any column has no unique match."""
+    if before is None or before.shape[0] != after.shape[0]:
+        return None
+    eq = (before.T[None, :, :] == after.T[:, None, :].to(before.device)).all(-1)  # (after, before)
+    if not bool((eq.sum(1) == 1).all()):
+        return None
+    return eq.float().argmax(1)
+
+
+def make_regressor(c_student: int, c_teacher: int) -> nn.Module:
+    """FitNets' regressor: 1x1 conv + BN, student channels -> teacher channels."""
+    conv = nn.Conv2d(c_student, c_teacher, 1, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return nn.Sequential(conv, nn.BatchNorm2d(c_teacher))
+
+
+class Distiller:
+    """The loss of one trial: `loss(logits, idx, x, y, view)` for kdtune.train.train_epoch.
+
+    `teacher` is kdtune.teacher.Teacher or None (alpha 0); `mode` is teacher_mode's answer.
+    Set `epoch` before each epoch (DKD's warmup reads it). `extra_modules()` are trained with
+    the student (FitNets' regressor): the optimizer takes their parameters, the checkpoint
+    their state (`state_dict`), and `attach(student)` must be called again for a rebuilt or
+    pruned student.
+    """
+
+    def __init__(self, cfg: TrialConfig, teacher, mode: str, device: torch.device, *,
+                 bf16: bool, input_size: int, channels_last: bool):
+        self.kd: KDConfig = cfg.kd
+        self.arch, self.t_arch = cfg.student.arch, cfg.teacher.arch
+        self.teacher, self.mode, self.device = teacher, mode, device
+        self.bf16, self.input_size, self.channels_last = bf16, input_size, channels_last
+        self.method = cfg.kd.method if cfg.kd.alpha > 0 else "none"
+        self.feature_weight = cfg.kd.resolved_feature_weight()
+        self.dkd_warmup = cfg.kd.resolved_dkd_warmup(cfg.train.epochs)
+        self.epoch = 1
+        self.regressor: nn.Module | None = None
+        self._classifier_before: torch.Tensor | None = None
+        self.pairs: list[tuple[int, int]] = []
+        self._s_tap = self._t_tap = None
+        if self.method in FEATURE_METHODS:
+            if mode != "none":
+                raise KDTuneError(f"kd.method: {self.method} needs the teacher online, not "
+                                  f"teacher.cache: {mode}")
+            t_names = feature_stages(self.t_arch, teacher.model)
+            self._t_shapes = stage_shapes(teacher.model, t_names, input_size, device)
+            self._t_tap = FeatureTap(teacher.model, t_names)
+
+    # --- the student side: (re)attached whenever the student module changes ----------------
+
+    def attach(self, student: nn.Module) -> None:
+        if self.method not in FEATURE_METHODS:
+            return
+        if self._s_tap is not None:
+            self._s_tap.close()
+        names = feature_stages(self.arch, student)
+        s_shapes = stage_shapes(student, names, self.input_size, self.device)
+        self._s_tap = FeatureTap(student, names)
+        if self.method == "attention":
+            self.pairs = attention_pairs(s_shapes, self._t_shapes)
+            if not self.pairs:
+                raise KDTuneError("kd.method: attention: no stage pair with a spatial map "
+                                  "(see kdtune.distill.check_method)")
+        else:
+            c_s, c_t = s_shapes[-1][0], self._t_shapes[-1][0]
+            if self.regressor is None or self.regressor[0].in_channels != c_s:
+                old, self.regressor = self.regressor, make_regressor(c_s, c_t)
+                kept = _kept_columns(self._classifier_before, _classifier(student))
+                if old is not None and kept is not None and len(kept) == c_s:
+                    with torch.no_grad():
+                        self.regressor[0].weight.copy_(old[0].weight[:, kept.to(
+                            old[0].weight.device)])
+                    self.regressor[1].load_state_dict(old[1].state_dict())
+                fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+                self.regressor = self.regressor.to(self.device, memory_format=fmt)
+
+    def before_prune(self, student: nn.Module) -> None:
+        """Call right before channel pruning: what the regressor's rebuild matches against."""
+        if self.regressor is not None:
+            self._classifier_before = _classifier(student).detach().clone()
+
+    def extra_modules(self) -> list[nn.Module]:
+        return [self.regressor] if self.regressor is not None else []
+
+    def state_dict(self) -> dict:
+        return {"regressor": self.regressor.state_dict()} if self.regressor is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.regressor is not None and state.get("regressor") is not None:
+            self.regressor.load_state_dict(state["regressor"])
+
+    def close(self) -> None:
+        for tap in (self._s_tap, self._t_tap):
+            if tap is not None:
+                tap.close()
+
+    # --- the loss ---------------------------------------------------------------------------
+
+    def _teacher_logits(self, idx, x, view) -> torch.Tensor:
+        if self.mode == "views":
+            return self.teacher.views[idx, view]
+        with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16,
+                                             enabled=self.bf16):
+            return self.teacher.model(x)
+
+    def loss(self, logits, idx, x, y, view) -> torch.Tensor:
+        kd = self.kd
+        if self.method == "none":
+            return kd_loss(logits, None, y, kd.temperature, 0.0, kd.label_smoothing)
+        t_logits = self._teacher_logits(idx, x, view)
+        if self.method == "dkd":
+            ce = F.cross_entropy(logits.float(), y, label_smoothing=kd.label_smoothing)
+            warm = min(self.epoch / self.dkd_warmup, 1.0) if self.dkd_warmup else 1.0
+            return ce + warm * dkd_loss(logits, t_logits, y, kd.dkd_alpha, kd.dkd_beta,
+                                        kd.temperature)
+        base = kd_loss(logits, t_logits, y, kd.temperature, kd.alpha, kd.label_smoothing)
+        if self.method == "logit":
+            return base
+        f_s, f_t = self._s_tap.features(), self._t_tap.features()
+        if self.method == "fitnets":
+            hint = self.regressor(f_s[-1].float())
+            target = f_t[-1].float()
+            feat = F.mse_loss(_resize_to(hint, target.shape[-2:]), target)
+        else:
+            feat = at_loss([f_s[i] for i, _ in self.pairs], [f_t[j] for _, j in self.pairs])
+        return base + self.feature_weight * feat

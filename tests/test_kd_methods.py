@@ -1,0 +1,304 @@
+"""kd.method: each distillation method end to end, its teacher, its keys and what cannot work."""
+
+import pytest
+import torch
+from conftest import interrupt_then_resume
+
+from kdtune import distill
+from kdtune.cli import main
+from kdtune.config import (
+    KDConfig,
+    load_sweep_config,
+    load_trial_config,
+    trial_config,
+)
+from kdtune.errors import KDTuneError
+from kdtune.measure import count_flops, count_params
+from kdtune.models import create_model, feature_stages, list_models
+from kdtune.trial import run_trial
+
+quiet = dict(log=lambda m: None)
+
+
+@pytest.mark.parametrize("method", ["logit", "fitnets", "attention", "dkd"])
+def test_each_method_runs_a_trial_end_to_end(tiny_raw, tmp_path, method):
+    tiny_raw["kd"]["method"] = method
+    if method == "dkd":
+        del tiny_raw["kd"]["alpha"]
+    tiny_raw["prune"] = {"ratio": 0.3, "finetune_epochs": 1, "method": "channel"}
+    cfg = trial_config(tiny_raw)
+    r = run_trial(cfg, checkpoint_dir=tmp_path, **quiet)
+    assert r["kd_method"] == method
+    # chance is 0.1 on the synthetic 10-class data
+    assert max(h["val_acc"] for h in r["history"]) > 0.3
+    assert [h["phase"] for h in r["history"]] == ["train", "train", "finetune"]
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in r["history"])
+    # logit methods on a lone 2-epoch trial: online is cheaper (teacher.cache auto); feature
+    # methods are online whatever the cache would be
+    assert r["teacher_cache"] == "none"
+    if method in ("fitnets", "attention"):
+        assert r["kd_feature_weight"] == {"fitnets": 100.0, "attention": 1000.0}[method]
+    else:
+        assert r["kd_feature_weight"] is None
+    assert r["kd_dkd_warmup_epochs"] == (1 if method == "dkd" else None)
+    # the regressor lives beside the student: not in its saved weights, size or FLOPs
+    state = torch.load(tmp_path / "student.pt", weights_only=True)["state_dict"]
+    assert set(state) == set(create_model("cnn4").state_dict())
+    assert r["flops"] == count_flops(r["model"], (1, 3, 32, 32))
+    assert r["params"] == count_params(r["model"])["params"]
+    # no hook left behind on the returned student
+    assert not any(m._forward_hooks for m in r["model"].modules())
+
+
+def test_methods_train_differently_and_feature_losses_count(tiny_raw):
+    tiny_raw["teacher"]["cache"] = "none"
+    losses = {}
+    for method in ("logit", "fitnets", "attention", "dkd"):
+        raw = {**tiny_raw, "kd": {**tiny_raw["kd"], "method": method}}
+        if method == "dkd":
+            del raw["kd"]["alpha"]
+        losses[method] = [h["train_loss"] for h in run_trial(trial_config(raw), **quiet)["history"]]
+    # same seed, same data, same teacher: the feature term adds to the logit loss
+    assert losses["fitnets"][0] > losses["logit"][0]
+    assert losses["attention"][0] > losses["logit"][0]
+    assert len({tuple(v) for v in losses.values()}) == 4
+
+
+def test_feature_weight_zero_is_logit_kd_exactly(tiny_raw):
+    tiny_raw["teacher"]["cache"] = "none"
+    logit = run_trial(trial_config(tiny_raw), **quiet)
+    tiny_raw["kd"].update(method="attention", feature_weight=0.0)
+    att = run_trial(trial_config(tiny_raw), **quiet)
+    assert [h["train_loss"] for h in att["history"]] == \
+        pytest.approx([h["train_loss"] for h in logit["history"]], rel=1e-6)
+
+
+def test_feature_methods_run_the_teacher_online_on_the_students_batch(tiny_raw, monkeypatch):
+    """The teacher sees exactly the student's augmented pixels, every step."""
+    tiny_raw["kd"]["method"] = "attention"
+    seen = []
+    real = distill.Distiller.loss
+
+    def spy(self, logits, idx, x, y, view):
+        out = real(self, logits, idx, x, y, view)
+        t_in = self._t_tap.out  # filled by the teacher forward inside loss
+        assert t_in, "teacher features missing"
+        seen.append(x.shape[0])
+        return out
+
+    monkeypatch.setattr(distill.Distiller, "loss", spy)
+    calls = []
+    from kdtune import teacher as teacher_mod
+
+    real_prepare = teacher_mod.prepare_teacher
+
+    def prepare(*a, want_views, **k):
+        calls.append(want_views)
+        return real_prepare(*a, want_views=want_views, **k)
+
+    monkeypatch.setattr("kdtune.trial.prepare_teacher", prepare)
+    r = run_trial(trial_config(tiny_raw), **quiet)
+    assert calls == [False]  # no view cache built for a feature method
+    assert r["teacher_cache"] == "none" and seen
+
+
+def test_dkd_reads_the_view_cache(tiny_raw):
+    tiny_raw["kd"] = {"method": "dkd", "temperature": 4.0}
+    tiny_raw["teacher"]["cache"] = "views"
+    tiny_raw["data"].update(synthetic_train=120, val_size=20)
+    r = run_trial(trial_config(tiny_raw), **quiet)
+    assert r["teacher_cache"] == "views" and r["kd_method"] == "dkd"
+
+
+def test_dkd_warmup_ramps_the_term_in(tiny_raw, monkeypatch):
+    tiny_raw["kd"] = {"method": "dkd", "dkd_warmup": 4}
+    cfg = trial_config(tiny_raw)
+    assert cfg.kd.resolved_dkd_warmup(cfg.train.epochs) == 4
+    assert KDConfig(method="dkd").resolved_dkd_warmup(240) == 20  # the paper's ratio
+    assert KDConfig(method="dkd").resolved_dkd_warmup(3) == 1
+    assert KDConfig(method="logit").resolved_dkd_warmup(30) is None
+    monkeypatch.setattr(distill, "dkd_loss", lambda *a: torch.tensor(8.0))
+    teacher = type("T", (), {"model": create_model("cnn4"), "views": None})()
+    d = distill.Distiller(cfg, teacher, "none", torch.device("cpu"), bf16=False, input_size=32,
+                          channels_last=False)
+    x, y = torch.zeros(2, 3, 32, 32), torch.tensor([0, 1])
+    logits = torch.zeros(2, 10)
+    ce = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.05)
+    # CE + min(epoch / 4, 1) x the DKD term
+    for epoch, w in ((1, 0.25), (2, 0.5), (4, 1.0), (6, 1.0)):
+        d.epoch = epoch
+        assert d.loss(logits, None, x, y, None).item() == pytest.approx(ce.item() + 8 * w)
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])  # mid-training, and mid-fine-tune
+def test_fitnets_resume_continues_exactly_with_its_regressor(tiny_raw, tmp_path, stop_after):
+    tiny_raw["kd"]["method"] = "fitnets"
+    tiny_raw["train"]["epochs"] = 2
+    tiny_raw["prune"] = {"ratio": 0.3, "finetune_epochs": 2, "method": "channel"}
+    cfg = trial_config(tiny_raw)
+    full = run_trial(cfg, **quiet)
+    resumed, _ = interrupt_then_resume(cfg, tmp_path, stop_after)
+    assert [h["train_loss"] for h in resumed["history"]] == \
+        pytest.approx([h["train_loss"] for h in full["history"]], rel=1e-5)
+    assert resumed["test_acc"] == full["test_acc"]
+
+
+def test_fitnets_regressor_is_rebuilt_for_the_pruned_width(tiny_raw):
+    cfg = trial_config({**tiny_raw, "kd": {"method": "fitnets"},
+                        "teacher": {"arch": "resnet8"}})
+    teacher = type("T", (), {"model": create_model("resnet8"), "views": None})()
+    student = create_model("cnn4")
+    d = distill.Distiller(cfg, teacher, "none", torch.device("cpu"), bf16=False, input_size=32,
+                          channels_last=False)
+    d.attach(student)
+    assert (d.regressor[0].in_channels, d.regressor[0].out_channels) == (96, 64)
+    from kdtune.prune import prune_channels
+
+    old = d.regressor[0].weight.detach().clone()
+    fc_before = student.fc.weight.detach().clone()
+    d.before_prune(student)
+    prune_channels(student, 0.5, torch.zeros(1, 3, 32, 32), "global", 8)
+    d.attach(student)
+    assert d.regressor[0].in_channels == student.fc.in_features < 96
+    # each surviving channel keeps its regressor column
+    for j in range(student.fc.in_features):
+        i = next(i for i in range(96) if torch.equal(fc_before[:, i], student.fc.weight[:, j]))
+        assert torch.equal(d.regressor[0].weight[:, j], old[:, i])
+    logits = student(torch.randn(4, 3, 32, 32))
+    loss = d.loss(logits, None, torch.randn(4, 3, 32, 32), torch.arange(4), None)
+    loss.backward()
+    assert d.regressor[0].weight.grad is not None
+    d.close()
+
+
+# --- what the config accepts -----------------------------------------------------------------
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("kd: {method: dkd, alpha: 0.5}\n", "kd.alpha: not used by kd.method: dkd"),
+    ("kd: {method: logit, feature_weight: 10}\n",
+     "kd.feature_weight: applies to kd.method: fitnets or attention only"),
+    ("kd: {method: attention, dkd_beta: 2}\n", "kd.dkd_beta: applies to kd.method: dkd only"),
+    ("kd: {method: fitnets}\nteacher: {cache: views}\n",
+     "teacher.cache: views cannot serve kd.method: fitnets"),
+    ("kd: {method: crd}\n", "kd.method: got 'crd'; allowed: logit, fitnets, attention, dkd"),
+])
+def test_trial_config_refuses_keys_of_another_method(tmp_path, text, msg):
+    with pytest.raises(KDTuneError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        load_trial_config(_write(tmp_path, text))
+
+
+def test_trial_config_accepts_each_methods_own_keys(tmp_path):
+    load_trial_config(_write(tmp_path, "kd: {method: dkd, dkd_beta: 2, dkd_warmup: 3}\n"))
+    load_trial_config(_write(tmp_path, "kd: {method: dkd, alpha: 0}\n"))  # the no-KD switch
+    load_trial_config(_write(tmp_path, "kd: {method: fitnets, feature_weight: 50}\n"))
+    cfg = load_trial_config(_write(tmp_path, "kd: {method: logit}\n"),
+                            overrides=[("kd.method", "attention"), ("kd.feature_weight", 5.0)])
+    assert cfg.kd.resolved_feature_weight() == 5.0
+    with pytest.raises(KDTuneError, match="kd.alpha: not used by kd.method: dkd"):
+        load_trial_config(_write(tmp_path, "kd: {alpha: 0.5}\n"), overrides=[("kd.method", "dkd")])
+
+
+SWEEP = """
+data: {dataset: synthetic}
+teacher: {arch: cnn4, epochs: 1}
+student: {arch: cnn4}
+train: {epochs: 1}
+kd: {KD}
+search:
+  space:
+{SPACE}
+  num_samples: 2
+"""
+
+
+def _sweep(tmp_path, kd, space):
+    return load_sweep_config(_write(tmp_path, SWEEP.replace("{KD}", kd).replace("{SPACE}", space)))
+
+
+def test_sweep_method_keys_apply_to_their_methods_trials(tmp_path):
+    sw = _sweep(tmp_path, "{method: logit}",
+                "    kd.method: {type: choice, values: [logit, fitnets, attention, dkd]}\n"
+                "    kd.alpha: {type: uniform, low: 0.1, high: 0.9}\n"
+                "    kd.dkd_beta: {type: choice, values: [2, 8]}\n"
+                "    kd.feature_weight: {type: loguniform, low: 10, high: 1000}")
+    assert set(sw.space) == {"kd.method", "kd.alpha", "kd.dkd_beta", "kd.feature_weight"}
+    with pytest.raises(KDTuneError, match=r"search.space.kd.alpha: not used by kd.method: dkd"):
+        _sweep(tmp_path, "{method: dkd}", "    kd.alpha: {type: uniform, low: 0.1, high: 0.9}")
+    with pytest.raises(KDTuneError, match=r"search.space.kd.dkd_beta: applies to kd.method: dkd"):
+        _sweep(tmp_path, "{method: logit}",
+               "    kd.method: {type: choice, values: [logit, fitnets]}\n"
+               "    kd.dkd_beta: {type: choice, values: [2, 8]}")
+    with pytest.raises(KDTuneError, match=r"kd.feature_weight: applies"):
+        _sweep(tmp_path, "{method: logit, feature_weight: 3}",
+               "    kd.temperature: {type: choice, values: [2, 4]}")
+    with pytest.raises(KDTuneError, match=r"search.space.kd.method: value 'fitnets' is invalid: "
+                                          r"teacher.cache: views"):
+        load_sweep_config(_write(tmp_path, SWEEP.replace("{KD}", "{}").replace(
+            "teacher: {arch: cnn4, epochs: 1}", "teacher: {arch: cnn4, epochs: 1, cache: views}")
+            .replace("{SPACE}", "    kd.method: {type: choice, values: [logit, fitnets]}")))
+
+
+# --- method x architecture ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_every_registry_model_names_its_stages(arch):
+    model = create_model(arch, stem="cifar")
+    names = feature_stages(arch, model)
+    shapes = distill.stage_shapes(model, names, 32)
+    assert len(shapes) >= 3
+    assert [s[1] for s in shapes] == sorted((s[1] for s in shapes), reverse=True)
+    # the last stage is the map the classifier pools: its channels feed the classifier
+    last_linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][0]
+    assert shapes[-1][0] == last_linear.in_features or arch == "mobilenet_v3_small"
+
+
+def test_attention_pairs_deepest_stages_and_drops_1x1():
+    s = [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+    t = [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)]
+    assert distill.attention_pairs(s, t) == [(0, 1), (1, 2), (2, 3)]
+    t1 = [(64, 8, 8), (128, 4, 4), (256, 2, 2), (512, 1, 1)]
+    assert distill.attention_pairs(s, t1) == [(0, 1), (1, 2)]
+
+
+def test_validate_refuses_attention_where_every_stage_is_1x1(tmp_path, capsys):
+    text = ("kd: {method: attention}\nteacher: {arch: resnet18, stem: standard}\n"
+            "student: {arch: mobilenet_v3_small, stem: standard}\n")
+    # mobilenet standard at 32 px: 8, 4, 2, 1; resnet18 standard: 8, 4, 2, 1 -> pairs live
+    assert main(["validate", str(_write(tmp_path, text))]) == 0
+    text = ("kd: {method: attention}\nteacher: {arch: cnn4, stem: standard}\n"
+            "student: {arch: cnn4, stem: standard}\n"
+            "data: {dataset: synthetic}\n")
+    assert main(["validate", str(_write(tmp_path, text))]) == 0
+    cfg = trial_config({"kd": {"method": "attention"}})
+    distill.check_method(cfg, input_size=32)
+    # resnet20 at 2 px: 2, 1, 1; resnet18: 2, 1, 1, 1 -> every depth-aligned pair has a 1x1
+    with pytest.raises(KDTuneError, match="kd.method: attention cannot work for student "
+                                          "resnet20/cifar <- teacher resnet18/cifar at 2 px"):
+        distill.check_method(cfg, input_size=2)
+
+
+def test_validate_refuses_a_method_architecture_pair_in_a_sweep(tmp_path, capsys):
+    # at 8 px resnet18's standard stem leaves 2, 1, 1, 1 and resnet8's 2, 1, 1: every
+    # depth-aligned pair has a 1x1 side
+    text = SWEEP.replace("{KD}", "{method: logit}").replace(
+        "{SPACE}", "    kd.method: {type: choice, values: [logit, attention]}\n"
+                   "    student.arch: {type: choice, values: [resnet8, resnet20]}\n").replace(
+        "data: {dataset: synthetic}", "data: {dataset: synthetic, resize: 8}").replace(
+        "teacher: {arch: cnn4, epochs: 1}", "teacher: {arch: resnet18, stem: standard}").replace(
+        "student: {arch: cnn4}", "student: {arch: resnet8, stem: standard}")
+    path = _write(tmp_path, text)
+    code = main(["validate", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "kd.method: attention cannot work for student resnet8/standard" in err
+    with pytest.raises(KDTuneError, match="resnet8/standard"):
+        from kdtune.sweep.plan import check_methods
+        check_methods(load_sweep_config(path))
