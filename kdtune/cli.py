@@ -66,10 +66,12 @@ def cmd_validate(args) -> int:
 
         sw = load_sweep_config(args.config)
         check_methods(sw)
+        fixed = baseline_configs(sw)
+        no_kd = sum(b["kd.alpha"] == 0 for b in fixed)
         print(f"{args.config}: ok (sweep '{sw.search.name}': {len(sw.space)} searched keys, "
-              f"{n_trials(sw)} trials incl. {len(baseline_configs(sw)) * len(sw.search.seeds)}"
-              f" fixed baseline runs (alpha = 0 and its KD twin), {len(sw.search.seeds)} "
-              "seed(s), "
+              f"{n_trials(sw)} trials incl. {len(fixed) * len(sw.search.seeds)} fixed baseline "
+              f"runs ({no_kd} no-KD at alpha = 0 and {len(fixed) - no_kd} KD twin(s), per "
+              f"seed), {len(sw.search.seeds)} seed(s), "
               f"{len(teacher_configs(sw, sw.base.to_dict()))} teacher(s))")
     else:
         from .distill import check_method

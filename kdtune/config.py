@@ -415,10 +415,6 @@ def _check_trial(cfg: TrialConfig) -> TrialConfig:
     if cfg.prune.method == "channel" and cfg.prune.include_linear:
         raise KDTuneError("prune.include_linear: applies to prune.method: unstructured only; "
                           "channel pruning never cuts the output classifier")
-    if cfg.teacher.cache == "views" and cfg.kd.method in FEATURE_METHODS and cfg.kd.alpha > 0:
-        raise KDTuneError(f"teacher.cache: views cannot serve kd.method: {cfg.kd.method} (it "
-                          "needs the teacher's feature maps, which the view cache does not "
-                          "hold); use teacher.cache: auto or none")
     dev = cfg.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise KDTuneError(f"device: got {dev!r}; allowed: auto, cpu, cuda, cuda:N")
@@ -457,6 +453,17 @@ def check_kd_keys(methods: set[str], given: dict[str, Any], where: str = "") -> 
                           "baseline")
 
 
+def check_teacher_cache(methods: set[str], cache: str, alpha: float) -> None:
+    """teacher.cache: views serves logit methods only. A sweep that searches kd.method over
+    logit and feature methods uses it for its logit/dkd trials (the others run the teacher
+    online); a config whose every method needs features cannot use it at all."""
+    if cache == "views" and alpha > 0 and methods <= set(FEATURE_METHODS):
+        method = " / ".join(sorted(methods))
+        raise KDTuneError(f"teacher.cache: views cannot serve kd.method: {method} (it needs "
+                          "the teacher's feature maps, which the view cache does not hold); "
+                          "use teacher.cache: auto or none")
+
+
 def _given_kd(raw: dict, overrides) -> dict[str, Any]:
     given = dict((raw.get("kd") or {}) if isinstance(raw.get("kd"), dict) else {})
     for key, value in overrides or []:
@@ -471,6 +478,7 @@ def load_trial_config(path: str | Path, overrides=None) -> TrialConfig:
         raise KDTuneError(f"{path}: has a search: section; run it with `kdtune sweep {path}`")
     cfg = trial_config(raw, overrides)
     check_kd_keys({cfg.kd.method}, _given_kd(raw, overrides))
+    check_teacher_cache({cfg.kd.method}, cfg.teacher.cache, cfg.kd.alpha)
     return cfg
 
 
@@ -569,6 +577,8 @@ def sweep_config(raw: dict, overrides=None, default_name: str = "sweep") -> Swee
     methods = set(space["kd.method"].values) if "kd.method" in space else {base.kd.method}
     check_kd_keys(methods, _given_kd(raw, None))
     check_kd_keys(methods, {k[3:]: None for k in space if k.startswith("kd.")}, "search.space.")
+    # alpha: a searched alpha has KD trials whatever the base says
+    check_teacher_cache(methods, base.teacher.cache, 1.0 if "kd.alpha" in space else base.kd.alpha)
     if STEM_SHORTHAND in space and ("teacher.stem" in space or "student.stem" in space):
         raise KDTuneError("search.space.stem: sets teacher.stem and student.stem together; "
                           "drop the separate teacher.stem/student.stem entry")

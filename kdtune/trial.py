@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import measure
-from .config import TrialConfig
+from .config import TrialConfig, check_teacher_cache
 from .data import DeviceData, Split, load_split, num_views
 from .errors import KDTuneError
 from .distill import Distiller, check_method, teacher_mode
@@ -81,6 +81,7 @@ def resolve_cache_mode(cfg: TrialConfig, teacher_passes_per_image: float) -> str
     if cfg.kd.alpha == 0:
         return "none"  # the no-KD baseline needs no teacher at all
     if cfg.kd.method not in ("logit", "dkd"):
+        check_teacher_cache({cfg.kd.method}, cfg.teacher.cache, cfg.kd.alpha)
         return "none"
     if cfg.teacher.cache != "auto":
         return cfg.teacher.cache

@@ -46,7 +46,7 @@ def test_defaults_are_valid():
     ({"train": {"lr": "fast"}}, "train.lr", "number"),
     ({"data": {"augment": "yes"}}, "data.augment", "true/false"),
     ({"kd": {"alpha": True}}, "kd.alpha", "number"),
-    ({"kd": {"alpha": 0.5, "beta": 1}}, "kd.beta", "unknown key; allowed: temperature, alpha"),
+    ({"kd": {"alpha": 0.5, "beta": 1}}, "kd.beta", "unknown key; allowed: method, temperature, alpha"),
     ({"optimiser": {}}, "optimiser", "unknown key; allowed: data, teacher"),
     ({"kd": [1, 2]}, "kd", "mapping"),
     ({"data": {"dataset": "imagefolder"}}, "data.root", "required"),

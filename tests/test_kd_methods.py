@@ -1,5 +1,7 @@
 """kd.method: each distillation method end to end, its teacher, its keys and what cannot work."""
 
+import json
+
 import pytest
 import torch
 from conftest import interrupt_then_resume
@@ -180,6 +182,24 @@ def _write(tmp_path, text):
     return p
 
 
+def test_baselines_give_each_method_a_kd_twin_and_no_grid_duplicates(tmp_path):
+    from kdtune.sweep.plan import baseline_configs, n_trials
+
+    space = "    kd.method: {type: choice, values: [logit, dkd]}\n"
+    text = SWEEP.replace("{KD}", "{}").replace("{SPACE}", space).replace(
+        "  num_samples: 2", "  num_samples: 2\n  baseline: true")
+    sw = load_sweep_config(_write(tmp_path, text))
+    runs = baseline_configs(sw)
+    assert [(r["kd.alpha"], r.get("kd.method")) for r in runs] == \
+        [(0.0, None), (0.9, "logit"), (0.9, "dkd")]
+    assert n_trials(sw) == 2 + 3
+    grid = text.replace("type: choice", "type: grid").replace(
+        "  num_samples: 2", "  num_samples: 2\n  sampler: grid")
+    sw = load_sweep_config(_write(tmp_path, grid))
+    assert [r["kd.alpha"] for r in baseline_configs(sw)] == [0.0]  # twins = the grid points
+    assert n_trials(sw) == 2 + 1
+
+
 @pytest.mark.parametrize("text,msg", [
     ("kd: {method: dkd, alpha: 0.5}\n", "kd.alpha: not used by kd.method: dkd"),
     ("kd: {method: logit, feature_weight: 10}\n",
@@ -238,11 +258,15 @@ def test_sweep_method_keys_apply_to_their_methods_trials(tmp_path):
     with pytest.raises(KDTuneError, match=r"kd.feature_weight: applies"):
         _sweep(tmp_path, "{method: logit, feature_weight: 3}",
                "    kd.temperature: {type: choice, values: [2, 4]}")
-    with pytest.raises(KDTuneError, match=r"search.space.kd.method: value 'fitnets' is invalid: "
-                                          r"teacher.cache: views"):
-        load_sweep_config(_write(tmp_path, SWEEP.replace("{KD}", "{}").replace(
-            "teacher: {arch: cnn4, epochs: 1}", "teacher: {arch: cnn4, epochs: 1, cache: views}")
-            .replace("{SPACE}", "    kd.method: {type: choice, values: [logit, fitnets]}")))
+    # views in a sweep that also runs logit methods: for their trials only (see the sweep test)
+    views = SWEEP.replace("teacher: {arch: cnn4, epochs: 1}",
+                          "teacher: {arch: cnn4, epochs: 1, cache: views}")
+    load_sweep_config(_write(tmp_path, views.replace("{KD}", "{}").replace(
+        "{SPACE}", "    kd.method: {type: choice, values: [logit, fitnets]}")))
+    with pytest.raises(KDTuneError, match=r"^teacher.cache: views cannot serve kd.method: "
+                                          r"attention / fitnets"):
+        load_sweep_config(_write(tmp_path, views.replace("{KD}", "{}").replace(
+            "{SPACE}", "    kd.method: {type: choice, values: [fitnets, attention]}")))
 
 
 # --- method x architecture ---------------------------------------------------------------------
@@ -302,3 +326,41 @@ def test_validate_refuses_a_method_architecture_pair_in_a_sweep(tmp_path, capsys
     with pytest.raises(KDTuneError, match="resnet8/standard"):
         from kdtune.sweep.plan import check_methods
         check_methods(load_sweep_config(path))
+
+
+# --- one sweep over the four methods ---------------------------------------------------------
+
+
+def test_one_sweep_mixes_methods_each_with_the_teacher_it_needs(tmp_path):
+    import subprocess
+
+    import pandas as pd
+    from test_sweep import cli_env, kdtune_cmd, write_sweep
+
+    search = {"name": "methods", "sampler": "grid", "seeds": [0], "baseline": True,
+              "max_concurrent": 2, "scheduler": "fifo",
+              "space": {"kd.method": {"type": "grid",
+                                      "values": ["logit", "fitnets", "attention", "dkd"]}}}
+    space = write_sweep(tmp_path, search, tmp_path / "cache",
+                        teacher={"arch": "cnn4", "stem": "cifar", "epochs": 2, "batch_size": 64,
+                                 "cache": "views"})
+    out = tmp_path / "run"
+    proc = subprocess.run(kdtune_cmd("sweep", space, "--out", out), capture_output=True,
+                          text=True, env=cli_env(), timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "teacher cache: views for logit, dkd, online teacher for fitnets, attention" \
+        in proc.stdout
+    df = pd.read_parquet(out / "trials.parquet")
+    # 4 methods + per arch x stem (1 x 1) the no-KD run; each method's KD twin would be its
+    # grid point again, so the grid point is the twin
+    assert len(df) == 4 + 1 and (df["status"] == "completed").all()
+    kd = df[df["kd.alpha"] > 0]
+    for method, mode in (("logit", "views"), ("dkd", "views"), ("fitnets", "none"),
+                         ("attention", "none")):
+        rows = kd[kd["kd.method"] == method]
+        assert len(rows) == 1 and (rows["teacher_cache"] == mode).all(), (method, rows)
+        assert (rows["kd_method"] == method).all() and rows["train_step_ms"].gt(0).all()
+    no_kd = df[df["kd.alpha"] == 0]
+    assert len(no_kd) == 1 and no_kd["teacher_cache"].iloc[0] == "none"
+    teachers = json.loads((out / "teachers.json").read_text())
+    assert len(teachers) == 1 and teachers[0]["view_cache"]

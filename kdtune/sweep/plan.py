@@ -92,14 +92,26 @@ def baseline_configs(sw: SweepConfig) -> list[dict]:
     # kd.method searched: a KD twin per method, so each method has its like-for-like no-KD
     # comparison (kd.alpha is inert for dkd; 0 alone switches distillation off)
     methods = _values(sw.space[METHOD_KEY]) if METHOD_KEY in sw.space else [None]
+    # A grid that already runs a twin's exact config (a grid over kd.method alone, say) needs
+    # no second copy: the grid point pairs with the no-KD run just as well.
+    grid = _grid_configs(sw) if sw.search.sampler == "grid" else []
     out = []
     for a in arch:
         for s in stems:
             out.append({GROUP_KEY: a, stem_key: s, "kd.alpha": 0.0, BASELINE_KEY: True})
             for m in methods:
                 twin = {GROUP_KEY: a, stem_key: s, "kd.alpha": twin_alpha, BASELINE_KEY: True}
-                out.append(twin if m is None else {**twin, METHOD_KEY: m})
+                twin = twin if m is None else {**twin, METHOD_KEY: m}
+                if not grid or trial_cfg(sw.base.to_dict(), twin) not in grid:
+                    out.append(twin)
     return out
+
+
+def _grid_configs(sw: SweepConfig) -> list[TrialConfig]:
+    keys = list(sw.space)
+    base = sw.base.to_dict()
+    return [trial_cfg(base, dict(zip(keys, combo)))
+            for combo in itertools.product(*[_values(sw.space[k]) for k in keys])]
 
 
 def check_methods(sw: SweepConfig, base: dict | None = None) -> None:
