@@ -6,7 +6,9 @@ same device, one after the other, so machine load and clock speed cancel out as 
 1. data: images/s of the on-device uint8 crop+flip+normalise path vs torchvision's PIL
    transforms in a DataLoader (the notebook path), same images, same batch size.
 2. teacher: student step time with logits read from the view cache vs a teacher forward per
-   step, and the break-even point (trials x epochs) of building the cache.
+   step, and the break-even point (trials x epochs) of building the cache; and the step time
+   of each kd.method (logit and dkd on the cache, fitnets and attention with their online
+   teacher) relative to logit KD on the cache.
 3. precision (CUDA only): bf16 autocast + channels_last vs fp32 student steps.
 4. bookkeeping: what a sweep trial spends per epoch outside training and validation.
 5. pruning: batch-1 latency and batch-256 throughput of resnet20 (CIFAR stem) and
@@ -31,10 +33,11 @@ import torch
 from . import measure
 from .config import trial_config
 from .data import DeviceData, load_split, num_views
+from .distill import Distiller
 from .losses import kd_loss
 from .models import create_model
 from .prune import apply_pruning, prune_channels
-from .teacher import build_view_cache
+from .teacher import Teacher, build_view_cache
 from .train import (
     make_optimizer,
     place_model,
@@ -136,13 +139,44 @@ def bench_teacher(cfg, split, device, steps: int) -> dict:
     t_views = _time(run("views"), device, 3) / len(batches)
     t_none = _time(run("none"), device, 3) / len(batches)
     per_epoch_teacher_s = (t_none - t_views) * dd.steps_per_epoch(cfg.train.batch_size)
-    return {"teacher": f"{cfg.teacher.arch}/{cfg.teacher.stem}",
+    methods = bench_methods(cfg, Teacher("bench", teacher, 0, 0, 0, views=views), student,
+                            batches, device, bf16=bf16, channels_last=channels_last,
+                            input_size=dd.input_size)
+    return {"methods": methods, "teacher": f"{cfg.teacher.arch}/{cfg.teacher.stem}",
             "student": f"{cfg.student.arch}/{cfg.student.stem}",
             "train_images": dd.n_train, "step_ms_views": 1000 * t_views,
             "step_ms_online_teacher": 1000 * t_none, "speedup": t_none / t_views,
             "view_cache_build_s": build_s, "views": num_views(True),
             "break_even_trial_epochs": build_s / per_epoch_teacher_s
             if per_epoch_teacher_s > 0 else float("inf")}
+
+
+def bench_methods(cfg, teacher, student, batches, device, *, bf16: bool, channels_last: bool,
+                  input_size: int) -> list[dict]:
+    """Student step time of each kd.method as a trial runs it (kdtune.distill.Distiller, the
+    teacher each method needs), relative to logit KD reading the view cache."""
+    rows = []
+    for method, mode in (("logit", "views"), ("dkd", "views"), ("logit", "none"),
+                         ("fitnets", "none"), ("attention", "none")):
+        raw = cfg.to_dict()
+        raw["kd"]["method"] = method
+        mcfg = trial_config(raw)
+        d = Distiller(mcfg, teacher, mode, device, bf16=bf16, input_size=input_size,
+                      channels_last=channels_last)
+        d.attach(student)
+        opt = make_optimizer(torch.nn.ModuleList([student, *d.extra_modules()]), "sgd", 0.01,
+                             5e-4)
+
+        def go(d=d, opt=opt):
+            for idx, x, y, view in batches:
+                train_step(student, x, lambda s: d.loss(s, idx, x, y, view), opt, bf16=bf16)
+
+        rows.append({"method": method, "teacher": "view cache" if mode == "views" else "online",
+                     "step_ms": 1000 * _time(go, device, 3) / len(batches)})
+        d.close()
+    for r in rows:
+        r["vs_logit_views"] = r["step_ms"] / rows[0]["step_ms"]
+    return rows
 
 
 def bench_precision(cfg, split, device, steps: int) -> dict | None:
@@ -373,6 +407,10 @@ def run_bench(args) -> dict:
         print(f"{'student step ms, bf16+channels_last vs fp32':<44}"
               f"{p['step_ms_bf16_channels_last']:>14.1f}{p['step_ms_fp32']:>16.1f}"
               f"{p['speedup']:>7.1f}x")
+    print(f"student step per kd.method ({t['student']} <- {t['teacher']}), as trials run it:")
+    for r in t["methods"]:
+        print(f"  {r['method']:<10} teacher from {r['teacher']:<11}{r['step_ms']:>8.1f} ms "
+              f"= {r['vs_logit_views']:.2f}x logit KD with the view cache")
     print(f"view cache: built in {t['view_cache_build_s']:.1f}s for {t['train_images']} images "
           f"x {t['views']} views; pays off once a sweep trains more than "
           f"{t['break_even_trial_epochs']:.0f} student epochs (trials x epochs)")

@@ -80,16 +80,19 @@ class FeatureTap:
 
 
 def stage_shapes(model: nn.Module, names: list[str], input_size: int,
-                 device: torch.device | str = "cpu") -> list[tuple[int, int, int]]:
+                 device: torch.device | str = "cpu", *, bf16: bool = False,
+                 channels_last: bool = False) -> list[tuple[int, int, int]]:
     """(channels, height, width) of each named stage for one input_size image, found by one
-    eval-mode forward (batch norm in train mode refuses a batch of one 1x1 map)."""
+    eval-mode forward (batch norm in train mode refuses a batch of one 1x1 map), in the
+    trial's precision and layout like every other forward of the model."""
     tap = FeatureTap(model, names)
     was_training = model.training
     try:
         model.eval()
-        p = next(model.parameters())
-        x = torch.zeros(1, 3, input_size, input_size, device=device, dtype=p.dtype)
-        with torch.no_grad():
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        x = torch.zeros(1, 3, input_size, input_size, device=device).to(memory_format=fmt)
+        with torch.no_grad(), torch.autocast(torch.device(device).type, torch.bfloat16,
+                                             enabled=bf16):
             model(x)
         return [tuple(f.shape[1:]) for f in tap.features()]
     finally:
@@ -201,7 +204,8 @@ class Distiller:
                 raise KDTuneError(f"kd.method: {self.method} needs the teacher online, not "
                                   f"teacher.cache: {mode}")
             t_names = feature_stages(self.t_arch, teacher.model)
-            self._t_shapes = stage_shapes(teacher.model, t_names, input_size, device)
+            self._t_shapes = stage_shapes(teacher.model, t_names, input_size, device, bf16=bf16,
+                                          channels_last=channels_last)
             self._t_tap = FeatureTap(teacher.model, t_names)
 
     # --- the student side: (re)attached whenever the student module changes ----------------
@@ -212,7 +216,8 @@ class Distiller:
         if self._s_tap is not None:
             self._s_tap.close()
         names = feature_stages(self.arch, student)
-        s_shapes = stage_shapes(student, names, self.input_size, self.device)
+        s_shapes = stage_shapes(student, names, self.input_size, self.device, bf16=self.bf16,
+                                channels_last=self.channels_last)
         self._s_tap = FeatureTap(student, names)
         if self.method == "attention":
             self.pairs = attention_pairs(s_shapes, self._t_shapes)

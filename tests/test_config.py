@@ -200,16 +200,19 @@ def test_shipped_sweeps_validate_and_kd_prune_serves_the_study():
     from pathlib import Path
 
     from kdtune.config import load_sweep_config
+    from kdtune.sweep.plan import check_methods
 
     sweeps = sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml"))
     for path in sweeps:
         raw = yaml.safe_load(path.read_text())
         if "search" in raw:
-            load_sweep_config(path)  # raises on any stale or mistyped key
+            sw = load_sweep_config(path)  # raises on any stale or mistyped key
+            check_methods(sw)  # and on a kd.method x architecture pair that cannot work
     sw = load_sweep_config(Path(__file__).parents[1] / "sweeps" / "kd_prune.yaml")
     # two objectives, so the search spreads along the front; both prune methods searched
     assert sw.search.objectives == {"val_acc": "max", "flops": "min"}
     assert set(sw.space["prune.method"].values) == {"unstructured", "channel"}
+    assert set(sw.space["kd.method"].values) == {"logit", "fitnets", "attention", "dkd"}
     assert sw.search.baseline
 
 

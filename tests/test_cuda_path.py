@@ -124,6 +124,25 @@ def test_pruned_kd_trial(raw, tmp_path, monkeypatch, scope, switches, precision,
     assert_exact_sparsity(fresh, 0.4, scope)  # the zeros survived fine-tuning and saving
 
 
+@pytest.mark.parametrize("method", ["fitnets", "attention", "dkd"])
+def test_kd_methods_trial(raw, tmp_path, monkeypatch, method):
+    """Feature methods' hooks, regressor and online teacher, and DKD, in bf16 + channels_last,
+    channel pruning included (FitNets' regressor is rebuilt for the narrower last stage)."""
+    raw["kd"] = {"method": method, "temperature": 4.0}
+    raw["prune"]["method"] = "channel"
+    students = spy_forwards(monkeypatch, trial_mod)
+    teachers = spy_forwards(monkeypatch, teacher_mod)
+    r = run_trial(trial_config(raw), checkpoint_dir=tmp_path, **quiet)
+    assert r["precision"] == "bf16" and r["channels_last"] is True and r["kd_method"] == method
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in r["history"])
+    assert_ran([c for c in students if c["training"] or c["inference"]], bf16=True,
+               channels_last=True, min_calls=2 * 6)
+    # the teacher's training, evaluation, online forwards and stage probe alike
+    assert_ran(teachers, bf16=True, channels_last=True, min_calls=2 * 6)
+    assert r["prune_ratio_achieved"] > 0
+    assert all(is_channels_last(w) for w in conv_weights(r["model"]) if w.shape[-1] > 1)
+
+
 def test_no_kd_baseline(raw, monkeypatch):
     monkeypatch.setattr(trial_mod, "prepare_teacher",
                         lambda *a, **k: pytest.fail("teacher built for alpha=0"))

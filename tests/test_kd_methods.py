@@ -364,3 +364,18 @@ def test_one_sweep_mixes_methods_each_with_the_teacher_it_needs(tmp_path):
     assert len(no_kd) == 1 and no_kd["teacher_cache"].iloc[0] == "none"
     teachers = json.loads((out / "teachers.json").read_text())
     assert len(teachers) == 1 and teachers[0]["view_cache"]
+
+
+def test_bench_times_each_method_against_logit_kd_on_the_view_cache(tiny_raw):
+    from kdtune.bench import bench_teacher
+    from kdtune.data import load_split
+
+    tiny_raw["data"].update(synthetic_train=80, val_size=20)
+    cfg = trial_config(tiny_raw)
+    split = load_split(cfg.data, cfg.cache_dir)
+    report = bench_teacher(cfg, split, torch.device("cpu"), steps=2)
+    rows = {(r["method"], r["teacher"]): r for r in report["methods"]}
+    assert set(rows) == {("logit", "view cache"), ("dkd", "view cache"), ("logit", "online"),
+                         ("fitnets", "online"), ("attention", "online")}
+    assert rows[("logit", "view cache")]["vs_logit_views"] == 1.0
+    assert all(r["step_ms"] > 0 for r in rows.values())

@@ -448,9 +448,12 @@ def _summary(df: pd.DataFrame, wall: float, store: RunStore, session: set) -> No
              + ", ".join(f"{k} {v}" for k, v in st.items())]
     if not done.empty:
         b = done.loc[done["val_acc"].idxmax()]
+        method = b.get("kd.method", "logit")
+        kd = ("no KD" if b["kd.alpha"] == 0 else
+              f"{method} T={b['kd.temperature']:.3g}" + (
+                  "" if method == "dkd" else f" alpha={b['kd.alpha']:.3g}"))
         lines.append(f"best by val_acc: {b['trial_id']} {b['student.arch']}/"
-                     f"{b['student.stem']} T={b['kd.temperature']:.3g} "
-                     f"alpha={b['kd.alpha']:.3g} prune={b['prune.ratio']:.2f}: val "
+                     f"{b['student.stem']} {kd} prune={b['prune.ratio']:.2f}: val "
                      f"{b['val_acc']:.2%}, test {b['test_acc']:.2%}")
     lines.append(f"results: {store.url('trials.parquet')}")
     print("\n".join(lines), flush=True)
