@@ -11,7 +11,8 @@ What the reader gets, top to bottom:
   the standard one (differences with 95 % confidence intervals), what went wrong (errored trials);
 * accuracy vs latency (one chart per measured device) and accuracy vs size with the front
   highlighted and joined, a 3-D view, and a table of the front with checkpoint paths;
-* parallel coordinates of the searched hyperparameters, ablation panels, ASHA learning curves;
+* parallel coordinates of the searched hyperparameters, ablation panels (one knob at a time, and
+  the distillation method against no KD), ASHA learning curves;
 * every trial (stopped and errored ones marked) and the provenance.
 
 Accuracies are test accuracies in percent, averaged over seeds: each point is one distinct config
@@ -20,6 +21,12 @@ a front. Every choice among configs (the fronts, the budgets, best KD config, be
 on *validation* accuracy and reported on *test* accuracy, so no choice is tuned on the test
 split. The course-lab exports (``report.json``'s ``families``, ``results.csv``) instead report
 the best test accuracy per kind, as the lab does.
+
+A sweep may distil with several methods (``kd.method``: logit KD, FitNets, attention transfer,
+DKD). KD vs no KD is then compared per method, and labels name the method; DKD's loss has no
+``kd.alpha`` (only α = 0 matters: it switches distillation off), so a DKD row never shows α and
+stays out of the α ablation. A run written before ``kd.method`` existed is logit KD throughout
+and looks as it always did.
 """
 
 from __future__ import annotations
@@ -36,13 +43,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kdtune.config import FEATURE_WEIGHT_DEFAULTS, KD_METHOD_KEYS, KD_METHODS
 from kdtune.errors import KDTuneError
 from kdtune.results import (
+    NO_KD,
     PROVENANCE_COLUMNS,
     SIZE_COLUMN,
     aggregate_seeds,
     ci95_halfwidth,
     config_columns,
+    kd_method,
     latency_column,
     latency_device,
     latency_label,
@@ -82,6 +92,11 @@ SHORT = {
     "kd.temperature": "T",
     "kd.alpha": "α",
     "kd.label_smoothing": "ε (label smoothing)",
+    "kd.method": "KD method",
+    "kd.feature_weight": "feature weight",
+    "kd.dkd_alpha": "DKD TCKD weight",
+    "kd.dkd_beta": "DKD β",
+    "kd.dkd_warmup": "DKD warm-up epochs",
     "prune.ratio": "prune ratio",
     "prune.method": "prune method",
     "prune.round_to": "channel rounding",
@@ -128,8 +143,16 @@ METRIC_LABELS = {
     "prune_ratio_achieved": ("pruned fraction achieved (channels or weights)", "%"),
     "epochs_trained": ("epochs trained", ""),
     "wall_s": ("wall time", "s"),
+    "train_step_ms": ("training step, median", "ms"),
+    "kd_dkd_warmup_epochs": ("DKD warm-up", "epochs"),
 }
 PERCENT_METRICS = {k for k, (_, unit) in METRIC_LABELS.items() if unit == "%"}
+
+#: How each distillation method is named in charts and tables (NO_KD: kd.alpha = 0).
+METHOD_NAMES = {"logit": "logit KD", "fitnets": "FitNets", "attention": "attention transfer",
+                "dkd": "DKD", NO_KD: "no KD (α = 0)"}
+#: The method's prefix in a config label; logit KD has none (its labels predate kd.method).
+METHOD_PREFIX = {"fitnets": "FitNets", "attention": "AT", "dkd": "DKD"}
 
 ARCH_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 SYMBOLS = ["circle", "square", "diamond", "triangle-up", "pentagon", "hexagon", "star"]
@@ -203,6 +226,91 @@ def _no_kd(row) -> bool:
     return row.get("kd.alpha") == 0
 
 
+def _method(row) -> str:
+    """The row's kd.method: logit where the run predates kd.method (results fills it in, but a
+    row built by hand may lack it)."""
+    method = row.get("kd.method")
+    return "logit" if _isnan(method) else str(method)
+
+
+def _kd_kind(row) -> str:
+    """What the row distilled with: NO_KD at α = 0, else its kd.method."""
+    return NO_KD if _no_kd(row) else _method(row)
+
+
+def _method_name(kind: str) -> str:
+    return METHOD_NAMES.get(kind, kind)
+
+
+def _method_rank(kind: str) -> int:
+    """No KD first, then KD_METHODS' order, then any method this version does not know."""
+    order = [NO_KD, *KD_METHODS]
+    return order.index(kind) if kind in order else len(order)
+
+
+def kd_methods(rows: pd.DataFrame) -> list[str]:
+    """The kd.method values of the rows that distil (α > 0), in KD_METHODS' order."""
+    kd = rows[rows["kd.alpha"] > 0]
+    methods = kd["kd.method"] if "kd.method" in kd else pd.Series("logit", kd.index)
+    return sorted(set(methods.fillna("logit").astype(str)), key=lambda m: (_method_rank(m), m))
+
+
+def _methods_named(rows: pd.DataFrame) -> bool:
+    """Whether labels must name the KD method: any but logit KD distilled. A logit-only sweep
+    (every run before kd.method) keeps its labels as they were."""
+    return kd_methods(rows) not in ([], ["logit"])
+
+
+def _inert_kd_keys(kind: str) -> tuple[str, ...]:
+    """Config keys that cannot change what a trial of this kind trained: the keys of the other
+    methods; kd.alpha for DKD (its loss has no α, only 0 matters and makes it no KD); at
+    α = 0 every KD key but α itself (plain cross-entropy)."""
+    if kind == NO_KD:
+        return tuple(k for k in KD_ONLY_KEYS if k != "kd.alpha")
+    keys = [f"kd.{key}" for key, methods in KD_METHOD_KEYS.items() if kind not in methods]
+    return (*keys, "kd.alpha") if kind == "dkd" else tuple(keys)
+
+
+def _feature_weight(row) -> float:
+    """kd.feature_weight as the trial used it: unset means the method's default."""
+    weight = row.get("kd.feature_weight")
+    return FEATURE_WEIGHT_DEFAULTS.get(_method(row), math.nan) if _isnan(weight) else weight
+
+
+def _method_text(row) -> str:
+    """The method and its own weights: "logit", "FitNets w 100", "AT w 1000", "DKD β 8" (with
+    the TCKD weight when it is not the default 1), "no KD"."""
+    kind = _kd_kind(row)
+    if kind == NO_KD:
+        return "no KD"
+    if kind in FEATURE_WEIGHT_DEFAULTS:
+        return f"{METHOD_PREFIX.get(kind, kind)} w {_num(_feature_weight(row))}"
+    if kind == "dkd":
+        tckd = row.get("kd.dkd_alpha")
+        extra = "" if _isnan(tckd) or tckd == 1 else f", TCKD weight {_num(tckd)}"
+        return f"DKD β {_num(row.get('kd.dkd_beta'))}{extra}"
+    return kind
+
+
+def _kd_text(row) -> str:
+    """The KD settings in a config label: "T 4, α 0.9" for logit KD (as before kd.method),
+    "FitNets w 100, T 4, α 0.9", "AT w 1000, T 4, α 0.9", "DKD β 8, T 4" (no α: DKD has
+    none), "no KD"."""
+    kind = _kd_kind(row)
+    if kind == NO_KD:
+        return "no KD"
+    temp = f"T {_num(row.get('kd.temperature'))}"
+    if kind == "dkd":
+        return f"{_method_text(row)}, {temp}"
+    logit = f"{temp}, α {_num(row.get('kd.alpha'))}"
+    return logit if kind == "logit" else f"{_method_text(row)}, {logit}"
+
+
+def _alpha_cell(row) -> str:
+    """kd.alpha in a table: "—" for DKD, which does not use it."""
+    return "—" if _kd_kind(row) == "dkd" else _num(row.get("kd.alpha"))
+
+
 def _channel_pruned(row) -> bool:
     ratio = row.get("prune.ratio")
     return row.get("prune.method") == "channel" and not _isnan(ratio) and ratio > 0
@@ -221,10 +329,7 @@ def _config_label(row, *, arch: bool = True) -> str:
     if arch:
         parts.append(str(row.get("student.arch")))
     parts.append(f"{row.get('student.stem')} stem")
-    if _no_kd(row):
-        parts.append("no KD")
-    else:
-        parts.append(f"T {_num(row.get('kd.temperature'))}, α {_num(row.get('kd.alpha'))}")
+    parts.append(_kd_text(row))
     if not _isnan(row.get("kd.label_smoothing")) and row.get("kd.label_smoothing"):
         parts.append(f"ε {_num(row.get('kd.label_smoothing'))}")
     parts.append(_pruning(row))
@@ -453,14 +558,22 @@ def _wrap(items: list[str], width: int = 96, sep: str = ", ", indent: str = "  "
     return lines
 
 
+def _hidden_kd_keys(row) -> set[str]:
+    """KD keys a config's hover leaves out because this config did not use them (another
+    method's keys; α for DKD; at α = 0 the method and its keys). T at α = 0 stays, as it
+    always has."""
+    return {k for k in _inert_kd_keys(_kd_kind(row)) if k in METHOD_KEYS or k == "kd.alpha"}
+
+
 def _hover_agg(row, data: _Data) -> str:
     """Hover text of one seed-averaged config: the full config and every metric, compact."""
     n = int(row["n_seeds"])
     head = [f"<b>{_e(_config_label(row))}</b>",
             f"<b>{ACC_LABEL}: {_metric(ACC, row.get(f'{ACC}_mean'), row.get(f'{ACC}_ci95'))}"
             f"</b> (95 % CI, {n} seed{'s' if n != 1 else ''}: {_e(row['seeds'])})"]
-    config = [f"{key}={_value(key, row.get(key))}"
-              for key in data.agg.columns if "." in key or key == "is_baseline"]
+    hidden = _hidden_kd_keys(row)
+    config = [f"{key}={_value(key, row.get(key))}" for key in data.agg.columns
+              if ("." in key or key == "is_baseline") and key not in hidden]
     metrics = []
     for m, (label, _) in METRIC_LABELS.items():
         mean = row.get(f"{m}_mean")
@@ -778,6 +891,73 @@ def _mean_ci(values: pd.Series) -> tuple[float, float, int]:
     return mean, ci95_halfwidth(std, n), n
 
 
+def _seeds_text(seeds: pd.Series) -> str:
+    return ",".join(_num(x) for x in sorted(set(seeds.dropna().astype(float))))
+
+
+def method_ablation(data: _Data) -> list[dict]:
+    """Test accuracy per distillation method and student architecture: the completed KD
+    trials of each kd.method and the no-KD trials (α = 0), all trials of a kind pooled as in
+    the other ablations. One dict per (arch, method): ``mean``, ``ci`` (95 %), ``n_trials``,
+    ``n_configs`` (distinct trainings: keys a method does not use are not counted), ``seeds``,
+    ``position`` (the method's place on the axis). Empty when there is a single kind: nothing
+    to compare."""
+    done = data.completed.dropna(subset=[ACC])
+    kinds = kd_method(done)
+    order = sorted(set(kinds), key=lambda k: (_method_rank(k), k))
+    if len(order) < 2:
+        return []
+    out = []
+    for arch in data.arch_order:
+        for position, kind in enumerate(order):
+            rows = done[(done["student.arch"] == arch) & (kinds == kind)]
+            if rows.empty:
+                continue
+            mean, ci, n = _mean_ci(rows[ACC])
+            out.append(dict(arch=arch, method=kind, name=_method_name(kind), position=position,
+                            mean=mean, ci=ci, n_trials=n, seeds=_seeds_text(rows["seed"]),
+                            n_configs=_n_configs(rows, ("is_baseline", *_inert_kd_keys(kind)))))
+    return out
+
+
+def _add_method_ablation(fig, data: _Data, entries: list[dict], done: pd.DataFrame,
+                         row: int) -> None:
+    """The method ablation into one subplot: a point ± 95 % CI per method and architecture,
+    the architectures side by side around each method (a shared x would stack them)."""
+    import plotly.graph_objects as go
+
+    kinds = kd_method(done)
+    positions = {e["method"]: e["position"] for e in entries}
+    archs = [a for a in data.arch_order if any(e["arch"] == a for e in entries)]
+    for i, arch in enumerate(archs):
+        shift = 0.12 * (i - (len(archs) - 1) / 2)
+        mine = [e for e in entries if e["arch"] == arch]
+        trials = done[(done["student.arch"] == arch) & kinds.isin(list(positions))]
+        color = data.arch_color(arch)
+        fig.add_trace(go.Scatter(
+            x=[positions[k] + shift for k in kinds[trials.index]], y=100 * trials[ACC],
+            mode="markers", showlegend=False, legendgroup=arch, hoverinfo="skip",
+            marker=dict(color=color, size=5, opacity=0.25),
+        ), row=row, col=1)
+        fig.add_trace(go.Scatter(
+            x=[e["position"] + shift for e in mine], y=[100 * e["mean"] for e in mine],
+            mode="markers", name=_e(arch), legendgroup=arch, showlegend=False,
+            marker=dict(color=color, size=11, symbol=data.arch_symbol(arch)),
+            error_y=dict(type="data", array=[None if _isnan(e["ci"]) else 100 * e["ci"]
+                                             for e in mine], thickness=1.5, width=6),
+            hovertext=[f"{_e(arch)}, {_e(e['name'])}<br>mean test acc. {100 * e['mean']:.2f} %"
+                       + (f" ± {100 * e['ci']:.2f}" if not _isnan(e["ci"]) else "")
+                       + f" (95 % CI, {_plural(e['n_trials'], 'trial')})<br>"
+                       f"{_plural(e['n_configs'], 'config')}, seeds {_e(e['seeds'])}"
+                       for e in mine], hoverinfo="text",
+        ), row=row, col=1)
+    names = {e["position"]: e["name"] for e in entries}
+    fig.update_xaxes(tickvals=sorted(names), ticktext=[_e(names[k]) for k in sorted(names)],
+                     range=[-0.5, max(names) + 0.5], title_text="distillation method",
+                     row=row, col=1)
+    fig.update_yaxes(title_text="test acc. (%)", row=row, col=1)
+
+
 def _panel_ablation(data: _Data) -> _Panel:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -786,14 +966,23 @@ def _panel_ablation(data: _Data) -> _Panel:
     done = data.completed.dropna(subset=[ACC])
     if done.empty:
         return _Panel("ablation", title, "", note=_no_completed_note(data))
+    kinds = kd_method(done)
     params = [
         ("kd.temperature", "KD temperature T (KD trials only)", done[done["kd.alpha"] > 0]),
-        ("kd.alpha", "KD weight α (0 = no KD)", done),
+        # DKD's loss has no α: its trials' α values would be noise on this axis
+        ("kd.alpha", "KD weight α (0 = no KD)", done[kinds != "dkd"]),
         ("kd.label_smoothing", "label smoothing ε", done),
         ("prune.ratio", "prune ratio (fraction of weights or channels removed)", done),
     ]
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in params],
-                        horizontal_spacing=0.08, vertical_spacing=0.16)
+    methods = method_ablation(data)
+    n_rows = 3 if methods else 2
+    titles = [p[1] for p in params]
+    specs = [[{}, {}], [{}, {}]]
+    if methods:
+        titles.append("distillation method (KD trials of each kd.method; no KD = α 0)")
+        specs.append([{"colspan": 2}, None])
+    fig = make_subplots(rows=n_rows, cols=2, specs=specs, subplot_titles=titles,
+                        horizontal_spacing=0.08, vertical_spacing=0.16 if n_rows == 2 else 0.1)
     for i, (key, label, sub) in enumerate(params):
         r, c = divmod(i, 2)
         for arch in data.arch_order:
@@ -826,17 +1015,26 @@ def _panel_ablation(data: _Data) -> _Panel:
         fig.update_yaxes(title_text="test acc. (%)", row=r + 1, col=c + 1)
         if key == "prune.ratio":
             fig.update_xaxes(tickformat=".0%", row=r + 1, col=c + 1)
+    if methods:
+        _add_method_ablation(fig, data, methods, done, row=3)
     _teacher_hlines(fig, data, subplots=True)
     ys = [*(100 * done[ACC]).tolist(), *(100 * a for _, a in data.teacher_lines())]
     pad = max(0.5, 0.06 * (max(ys) - min(ys)))
     fig.update_yaxes(range=[min(ys) - pad, max(ys) + pad])
-    _base_layout(fig, height=740)
-    fig.update_layout(margin=dict(t=110), legend=dict(y=1.07, yanchor="bottom"))
-    return _Panel("ablation", title,
-                  "Marginal effect of each knob: for each value, the test accuracy averaged over "
-                  "every completed trial with that value (all other settings pooled), ± 95 % CI; "
-                  "faint dots are the single trials. A flat line means the knob barely matters.",
-                  fig, height=740)
+    height = 740 if n_rows == 2 else 1060
+    _base_layout(fig, height=height)
+    fig.update_layout(margin=dict(t=110), legend=dict(y=1.07 if n_rows == 2 else 1.05,
+                                                      yanchor="bottom"))
+    text = ("Marginal effect of each knob: for each value, the test accuracy averaged over "
+            "every completed trial with that value (all other settings pooled), ± 95 % CI; "
+            "faint dots are the single trials. A flat line means the knob barely matters.")
+    if (kinds == "dkd").any():
+        text += " DKD trials are left out of the α plot: DKD's loss does not use α."
+    if methods:
+        text += (" Distillation method: the KD trials of each method and the no-KD trials "
+                 "(α = 0), pooled the same way; hover a point for its trials, distinct "
+                 "configurations and seeds (the KD vs no KD panel compares like for like).")
+    return _Panel("ablation", title, text, fig, height=height)
 
 
 def _best_by_val(agg: pd.DataFrame) -> pd.Series | None:
@@ -873,9 +1071,13 @@ def stem_comparisons(data: _Data) -> list[dict]:
 # channel pruning changes the network and its latency, unstructured pruning does not.
 BUDGET_KEYS = ("student.arch", "student.stem", "train.epochs", "prune.finetune_epochs",
                "prune.method")
+# The KD method and the keys only some methods use (kdtune.config.KD_METHOD_KEYS).
+METHOD_KEYS = ("kd.method", *(f"kd.{key}" for key in KD_METHOD_KEYS))
 # Config columns that may differ between a KD config and its no-KD twin: at α = 0 the loss is
-# plain cross-entropy, so T is inert; is_baseline only says how the sweep scheduled the trial.
-KD_ONLY_KEYS = ("kd.alpha", "kd.temperature", "is_baseline")
+# plain cross-entropy, so T, the method and its keys are inert (the sweep's no-KD run keeps the
+# base config's method while the KD twin of each method sets its own); is_baseline only says
+# how the sweep scheduled the trial.
+KD_ONLY_KEYS = ("kd.alpha", "kd.temperature", *METHOD_KEYS, "is_baseline")
 # What "held equal" names for twins, besides any other searched key.
 HELD_EQUAL = (("kd.label_smoothing", "label smoothing"), ("prune.ratio", "prune method/ratio"),
               ("train.epochs", "epochs"))
@@ -911,15 +1113,17 @@ def _differences(a: pd.Series, b: pd.Series, cols: list[str]) -> list[str]:
 
 
 def _held_equal(data: _Data) -> str:
-    covered = {"kd.alpha", "kd.temperature", "student.arch", "student.stem", "prune.method",
+    covered = {*KD_ONLY_KEYS, "student.arch", "student.stem", "prune.method",
                "prune.finetune_epochs", *(k for k, _ in HELD_EQUAL)}
     names = [name for _, name in HELD_EQUAL]
     names += [SHORT.get(k, k) for k in data.searched if k not in covered]
     return ", ".join(names)
 
 
-def _twin_pair(kd: pd.DataFrame, no_kd: pd.DataFrame, cols: list[str]):
-    """(best KD config with a no-KD twin, its twin, number of KD configs with a twin) or None."""
+def _twin_pair(kd: pd.DataFrame, no_kd: pd.DataFrame, cols: list[str],
+               inert: Sequence[str] = ("is_baseline",)):
+    """(best KD config with a no-KD twin, its twin, number of KD configs with a twin) or None;
+    ``inert``: keys that do not make two KD configs different trainings."""
     twins: dict[tuple, list] = {}
     for idx, row in no_kd.iterrows():
         twins.setdefault(_twin_key(row, cols), []).append(idx)
@@ -928,33 +1132,44 @@ def _twin_pair(kd: pd.DataFrame, no_kd: pd.DataFrame, cols: list[str]):
     if best is None:
         return None
     twin = _best_by_val(no_kd.loc[twins[_twin_key(best, cols)]])
-    return best, twin, _n_configs(kd[has_twin], ("is_baseline",))
+    return best, twin, _n_configs(kd[has_twin], inert)
 
 
-def _kd_cell(data: _Data, kd: pd.DataFrame, no_kd: pd.DataFrame, cols: list[str]) -> dict:
-    """One KD vs no-KD comparison in a cell: twins when there are, else best against best.
+def _kd_cell(data: _Data, kd: pd.DataFrame, no_kd: pd.DataFrame, cols: list[str],
+             method: str = "logit", named: bool = False) -> dict:
+    """One KD vs no-KD comparison in a cell, for the KD configs of one ``method``: twins when
+    there are, else best against best. ``named``: the sweep has more methods than logit KD,
+    so the texts name this one ("DKD adds", "FitNets: best of 3 configs").
 
     ``how``: what was held equal (twins) or how many configs each side had and what differs;
     ``pick``: how the KD side was picked; ``caveat``: why it is not like for like, if it is not.
     """
-    twins = _twin_pair(kd, no_kd, cols)
+    name = _method_name(method) if named else "KD"
+    inert = ("is_baseline", *_inert_kd_keys(method))  # DKD configs differing in α train alike
+    twins = _twin_pair(kd, no_kd, cols, inert)
     n_no_kd = _n_configs(no_kd, KD_ONLY_KEYS)
+    common = dict(method=method, name=name, n_no_kd=n_no_kd)
     if twins:
         a, b, n_kd = twins
-        how = (f"same config and seeds, α = {_num(a['kd.alpha'])} vs 0 "
-               f"({_held_equal(data)} held equal)")
-        pick = ("the only KD config with a no-KD twin" if n_kd == 1 else
-                f"the best by validation of the {n_kd} KD configs with a no-KD twin")
-        return dict(kind="twins", a=a, b=b, n_kd=n_kd, n_no_kd=n_no_kd, untuned=False,
-                    differs=[], how=how, pick=pick, caveat="", short="twins")
+        # logit KD keeps the words it had before kd.method; another method is named with its
+        # settings (DKD without α, which its loss does not use)
+        setting = (f"α = {_num(a['kd.alpha'])} vs 0" if method == "logit" else
+                   f"{_kd_text(a)} vs no KD (α = 0)")
+        how = f"same config and seeds, {setting} ({_held_equal(data)} held equal)"
+        pick = (f"the only {name} config with a no-KD twin" if n_kd == 1 else
+                f"the best by validation of the {n_kd} {name} configs with a no-KD twin")
+        return dict(common, kind="twins", a=a, b=b, n_kd=n_kd, untuned=False, differs=[],
+                    how=how, pick=pick, caveat="", short="twins")
     a, b = _best_by_val(kd), _best_by_val(no_kd)
-    n_kd = _n_configs(kd, ("is_baseline",))
+    n_kd = _n_configs(kd, inert)
     differs = _differences(a, b, cols)
-    how = (f"KD: best of {_plural(n_kd, 'config')}; no KD: best of {_plural(n_no_kd, 'config')}"
+    only = "α and T" if method == "logit" else "the KD settings"
+    how = (f"{name}: best of {_plural(n_kd, 'config')}; no KD: best of "
+           f"{_plural(n_no_kd, 'config')}"
            + (f"; the chosen configs differ in {', '.join(differs)}" if differs else
-              "; the chosen configs differ only in α and T"))
+              f"; the chosen configs differ only in {only}"))
     untuned = n_no_kd == 1 and n_kd > 1
-    return dict(kind="searched", a=a, b=b, n_kd=n_kd, n_no_kd=n_no_kd, untuned=untuned,
+    return dict(common, kind="searched", a=a, b=b, n_kd=n_kd, untuned=untuned,
                 differs=differs, how=how, pick="both chosen on validation accuracy",
                 caveat=f"no-KD side untuned (1 config vs {n_kd})" if untuned else "",
                 short=f"{n_kd} vs {n_no_kd} configs")
@@ -982,12 +1197,15 @@ def _cell_label(cell: dict, a: pd.Series, b: pd.Series, with_epochs: bool) -> st
 
 
 def kd_comparisons(data: _Data) -> list[dict]:
-    """KD against no KD (kd.alpha = 0, whatever is_baseline says) per cell (:data:`BUDGET_KEYS`).
+    """KD against no KD (kd.alpha = 0, whatever is_baseline says) per cell (:data:`BUDGET_KEYS`)
+    and KD method: each method's KD configs face the same no-KD configs of the cell.
 
-    Twins first: a KD config and a no-KD config equal in every config column but α and T, with
-    the same seeds; the best such KD config (by validation accuracy) against its twin. Otherwise
-    the best KD config against the best no-KD config (both by validation accuracy), with how
-    many configs each side had and what differs. Test accuracies compared (Welch 95 % CI).
+    Twins first: a KD config and a no-KD config equal in every config column but the KD keys
+    (:data:`KD_ONLY_KEYS`: α, T, the method and its keys), with the same seeds; the best such
+    KD config (by validation accuracy) against its twin. Otherwise the best KD config against
+    the best no-KD config (both by validation accuracy), with how many configs each side had
+    and what differs. Test accuracies compared (Welch 95 % CI). ``method`` names the KD side's
+    kd.method; labels name it unless the sweep only ran logit KD.
     """
     agg = data.agg
     if agg.empty:
@@ -995,31 +1213,47 @@ def kd_comparisons(data: _Data) -> list[dict]:
     keys = [k for k in BUDGET_KEYS if k in agg.columns]
     cols = [c for c in config_columns(agg) if c not in (*KD_ONLY_KEYS, "seed", *keys)]
     with_epochs = agg["train.epochs"].nunique() > 1
+    named = _methods_named(agg)
+    methods = kd_method(agg)
     out = []
     for values, grp in agg.groupby(keys, dropna=False, sort=False):
-        kd, no_kd = grp[grp["kd.alpha"] > 0], grp[grp["kd.alpha"] == 0]
-        if kd.empty or no_kd.empty:
+        no_kd = grp[grp["kd.alpha"] == 0]
+        if no_kd.empty:
             continue
         cell = dict(zip(keys, values, strict=True))
-        pair = _kd_cell(data, kd, no_kd, cols)
-        diff, lo, hi = _comparison(pair["a"], pair["b"])
-        label = _cell_label(cell, pair["a"], pair["b"], with_epochs)
-        tick = (f"{cell['student.arch']}<br>{cell['student.stem']} stem<br>"
-                f"{_prune_short(pair['a'], pair['b'])}<br>{pair['short']}")
-        ratio = pair["a"].get("prune.ratio")
-        out.append(dict(pair, arch=cell["student.arch"], cell=cell, label=label, tick=tick,
-                        diff=diff, lo=lo, hi=hi, ratio=0.0 if _isnan(ratio) else float(ratio)))
+        for method in kd_methods(grp):
+            kd = grp[(grp["kd.alpha"] > 0) & (methods[grp.index] == method)]
+            pair = _kd_cell(data, kd, no_kd, cols, method, named)
+            out.append(_kd_entry(pair, cell, with_epochs, named))
     arch_rank = {a: i for i, a in enumerate(data.arch_order)}
-    out.sort(key=lambda d: (arch_rank.get(d["arch"], 99), d["ratio"], d["label"]))
+    out.sort(key=lambda d: (arch_rank.get(d["arch"], 99), d["ratio"], d["cell_label"],
+                            _method_rank(d["method"])))
     return out
+
+
+def _kd_entry(pair: dict, cell: dict, with_epochs: bool, named: bool) -> dict:
+    """A comparison of :func:`_kd_cell` with its difference and its labels: ``cell_label``
+    (student, stem, pruning), ``label`` (the same and the method when ``named``) and
+    ``tick`` (the chart's x label)."""
+    diff, lo, hi = _comparison(pair["a"], pair["b"])
+    cell_label = _cell_label(cell, pair["a"], pair["b"], with_epochs)
+    method = _method_name(pair["method"])
+    label = f"{cell_label} · {method}" if named else cell_label
+    tick = (f"{cell['student.arch']}<br>{cell['student.stem']} stem<br>"
+            f"{_prune_short(pair['a'], pair['b'])}<br>"
+            + (f"{method}, " if named else "") + pair["short"])
+    ratio = pair["a"].get("prune.ratio")
+    return dict(pair, arch=cell["student.arch"], cell=cell, cell_label=cell_label,
+                label=label, tick=tick, diff=diff, lo=lo, hi=hi,
+                ratio=0.0 if _isnan(ratio) else float(ratio))
 
 
 def _kd_verdict(pair: dict) -> tuple[str, str]:
     """(css class, sentence); a comparison against an untuned side gets no yes/no."""
     if pair["caveat"]:
-        return "unsure", (f"not like for like, {pair['caveat']}: KD "
+        return "unsure", (f"not like for like, {pair['caveat']}: {pair['name']} "
                           f"{_diff_text(pair['diff'], pair['lo'], pair['hi'])}")
-    return _verdict(pair["diff"], pair["lo"], pair["hi"], "KD adds")
+    return _verdict(pair["diff"], pair["lo"], pair["hi"], f"{pair['name']} adds")
 
 
 def _pair_figure(data: _Data, pairs: list[dict], x_labels: list[str], names: tuple[str, str],
@@ -1078,8 +1312,9 @@ def _panel_stem(data: _Data) -> _Panel:
                   "chart).", fig, height=460)
 
 
-def _kd_table(pairs: list[dict]) -> str:
-    headers = ["student · stem · pruning", "compared", "held equal / what differs",
+def _kd_table(pairs: list[dict], named: bool = False) -> str:
+    headers = ["student · stem · pruning" + (" · KD method" if named else ""), "compared",
+               "held equal / what differs",
                "KD: test acc. (%)", "no KD: test acc. (%)", "KD − no KD (95 % CI)"]
     rows = []
     for p in pairs:
@@ -1107,22 +1342,29 @@ def _panel_kd(data: _Data) -> _Panel:
                       note="The no-KD (kd.alpha = 0) and the KD configurations never share a "
                            "cell (student, stem, epochs, fine-tune epochs, prune method), so "
                            "they cannot be compared fairly.")
+    named = _methods_named(data.agg)
+    kd_name = "KD (each method's best)" if named else "KD (α > 0)"
     fig = _pair_figure(data, pairs, [p["tick"] for p in pairs],
-                       ("KD (α > 0)", "no KD (α = 0)"), ("#2a9d8f", "#6c757d"))
-    fig.update_xaxes(title_text="same student, stem, epochs and prune method",
-                     tickfont=dict(size=11))
+                       (kd_name, "no KD (α = 0)"), ("#2a9d8f", "#6c757d"))
+    fig.update_xaxes(title_text="same student, stem, epochs and prune method"
+                     + (", per KD method" if named else ""), tickfont=dict(size=11))
     n_twins = sum(p["kind"] == "twins" for p in pairs)
+    inert = "the KD settings (α, T, method)" if named else "α and the then inert T"
+    per_method = (" <b>Per distillation method</b>: each method's KD configurations face the "
+                  "cell's no-KD configurations on their own, so every cell has one "
+                  "comparison per method (DKD does not use α: for it only α = 0, no KD, "
+                  "counts)." if named else "")
     return _Panel("kd_vs_baseline", title,
                   "Within each cell (same student, stem, epochs, fine-tune epochs and prune "
-                  "method) KD (α > 0) is compared with no KD (α = 0). <b>Twins</b> where a KD "
-                  "configuration has one: a no-KD configuration with every setting and the "
-                  "seeds equal, only α and the then inert T differ; the best such KD "
-                  "configuration by validation accuracy faces its twin. Otherwise <b>best vs "
+                  "method) KD (α > 0) is compared with no KD (α = 0)." + per_method
+                  + " <b>Twins</b> where a KD configuration has one: a no-KD configuration "
+                  f"with every setting and the seeds equal, only {inert} differ; the best such "
+                  "KD configuration by validation accuracy faces its twin. Otherwise <b>best vs "
                   "best</b>: the best KD against the best no-KD configuration by validation "
                   "accuracy, with how many configurations each side had. Test accuracy shown, "
                   f"± 95 % CI over seeds. {n_twins} of {len(pairs)} comparisons here are "
                   "twins; the table below says what each held equal.",
-                  fig, height=500, after=_kd_table(pairs))
+                  fig, height=500, after=_kd_table(pairs, named))
 
 
 def _panel_curves(data: _Data) -> _Panel:
@@ -1309,11 +1551,27 @@ def _kd_answer(data: _Data) -> str:
     for p in kd[:8]:
         cls, text = _kd_verdict(p)
         lis.append(f"<li class='{cls}'><b>{_e(p['label'])}</b>: {_e(text)} "
-                   f"<span class='cfg'>({_pct(p['a'][f'{ACC}_mean'], 2)} with KD vs "
-                   f"{_pct(p['b'][f'{ACC}_mean'], 2)} without; {_e(p['how'])})</span></li>")
+                   f"<span class='cfg'>({_pct(p['a'][f'{ACC}_mean'], 2)} with "
+                   f"{_e(p['name'])} vs {_pct(p['b'][f'{ACC}_mean'], 2)} without; "
+                   f"{_e(p['how'])})</span></li>")
     more = f"<li>… {len(kd) - 8} more in the KD panel</li>" if len(kd) > 8 else ""
-    return ("<h3>Does KD help? (KD vs no KD per student, stem and pruning; configs chosen on "
-            f"validation accuracy, test accuracy compared)</h3><ul>{''.join(lis)}{more}</ul>")
+    per = "student, stem, pruning and KD method" if _methods_named(data.agg) else \
+        "student, stem and pruning"
+    return (f"<h3>Does KD help? (KD vs no KD per {per}; configs chosen on validation accuracy, "
+            f"test accuracy compared)</h3>{_largest_gain(kd)}<ul>{''.join(lis)}{more}</ul>")
+
+
+def _largest_gain(pairs: list[dict]) -> str:
+    """With several KD methods: the like-for-like comparison with the largest KD − no KD
+    difference, with its CI and the same verdict as its row (so it never says more than the
+    table). Nothing when one method ran or no comparison is like for like."""
+    fair = [p for p in pairs if not p["caveat"] and not _isnan(p["diff"])]
+    if len({p["method"] for p in pairs}) < 2 or not fair:
+        return ""
+    top = max(fair, key=lambda p: p["diff"])
+    cls, text = _kd_verdict(top)
+    return (f"<p class='{cls}'>Largest difference KD − no KD, like for like: "
+            f"<b>{_e(top['name'])}</b> ({_e(top['cell_label'])}): {_e(text)}</p>")
 
 
 def _answer_box(data: _Data) -> str:
@@ -1381,8 +1639,9 @@ def _front_table(data: _Data) -> str:
     front = _front_rows(data)
     if front.empty:
         return "<p class='note'>No front: no trial completed.</p>"
-    headers = ["#", "student", "stem", "T", "α", "ε", "prune", "val. acc. (%) (chosen on)",
-               "test acc. (%) ± 95 % CI"]
+    named = _methods_named(data.agg)
+    headers = ["#", "student", "stem", *(["KD method"] if named else []), "T", "α", "ε",
+               "prune", "val. acc. (%) (chosen on)", "test acc. (%) ± 95 % CI"]
     headers += [f"{lat.name} latency (ms), p10–p90" for lat in data.latencies]
     int8 = "test_acc_onnx_int8_mean" in data.agg and \
         data.agg["test_acc_onnx_int8_mean"].notna().any()
@@ -1394,11 +1653,13 @@ def _front_table(data: _Data) -> str:
     rows = []
     for i, (_, r) in enumerate(front.iterrows(), 1):
         row = [str(i), _e(r["student.arch"]), _e(r["student.stem"]),
+               *([_e(_method_text(r))] if named else []),
                "—" if _no_kd(r) else _num(r["kd.temperature"]),
-               _num(r["kd.alpha"]), _num(r["kd.label_smoothing"]),
+               _alpha_cell(r), _num(r["kd.label_smoothing"]),
                _e(_pruning(r).replace("pruned ", "")),
                _e(_metric("val_acc", r[SELECT])),
-               _e(_metric(ACC, r[f"{ACC}_mean"], r[f"{ACC}_ci95"]))]
+               f"<span class='acc'>{_e(_metric(ACC, r[f'{ACC}_mean'], r[f'{ACC}_ci95']))}"
+               "</span>"]
         row += [_cost(r[lat.col], r[lat.col]) + _e(_spread_text(r, lat.col))
                 for lat in data.latencies]
         if int8:
@@ -1418,8 +1679,9 @@ def _trials_table(data: _Data) -> str:
     t = t.assign(_o=t["status"].map(order), _a=-t[ACC].fillna(-1), _v=-t["val_acc"].fillna(-1))
     t = t.sort_values(["_o", "_a", "_v"])
     lat = data.lat_raw
-    headers = ["trial", "status", "student", "stem", "T", "α", "ε", "prune", "seed", "epochs",
-               "val. acc.", "test acc."]
+    named = _methods_named(t)
+    headers = ["trial", "status", "student", "stem", *(["KD method"] if named else []), "T",
+               "α", "ε", "prune", "seed", "epochs", "val. acc.", "test acc."]
     if lat:
         headers.append("latency (ms)")
     headers += ["size (MB)", "error"]
@@ -1428,8 +1690,9 @@ def _trials_table(data: _Data) -> str:
     rows = []
     for _, r in t.iterrows():
         row = [_e(r["trial_id"]), f"<span class='badge {r['status']}'>{_e(r['status'])}</span>",
-               _e(r["student.arch"]), _e(r["student.stem"]), _num(r["kd.temperature"]),
-               _num(r["kd.alpha"]), _num(r["kd.label_smoothing"]),
+               _e(r["student.arch"]), _e(r["student.stem"]),
+               *([_e(_method_text(r))] if named else []), _num(r["kd.temperature"]),
+               _alpha_cell(r), _num(r["kd.label_smoothing"]),
                _e(_pruning(r).replace("pruned ", "")), _num(r["seed"]),
                _num(r["epochs_trained"]), _pct(r["val_acc"], 2), _pct(r[ACC], 2)]
         if lat:
@@ -1532,6 +1795,7 @@ def _report_entry(data: _Data, r: pd.Series) -> dict:
 def _report_kd(data: _Data, p: dict) -> dict:
     return {
         "cell": p["cell"],
+        "kd_method": p["method"],
         "kind": p["kind"],
         "like_for_like": not p["untuned"],
         "how": p["how"],
@@ -1543,6 +1807,13 @@ def _report_kd(data: _Data, p: dict) -> dict:
         "kd": _report_entry(data, p["a"]),
         "no_kd": _report_entry(data, p["b"]),
     }
+
+
+def _report_method(entry: dict) -> dict:
+    return {"arch": entry["arch"], "kd_method": entry["method"],
+            "test_accuracy": 100 * entry["mean"], "test_accuracy_ci95": 100 * entry["ci"],
+            "n_trials": entry["n_trials"], "n_configs": entry["n_configs"],
+            "seeds": entry["seeds"]}
 
 
 def build_report(data: _Data, png: dict | None = None) -> dict:
@@ -1595,11 +1866,17 @@ def build_report(data: _Data, png: dict | None = None) -> dict:
                                "target's front is chosen on the INT8 files' own validation "
                                "accuracy (test_accuracy_int8 is theirs, test_accuracy the "
                                "PyTorch student's)",
-            "kd_vs_no_kd": "per cell (student, stem, epochs, fine-tune epochs, prune method): "
-                           "the best KD config (kd.alpha > 0) with a no-KD twin (same config "
-                           "and seeds, kd.alpha = 0) against its twin, else the best KD config "
-                           "against the best no-KD config; chosen on validation accuracy, "
-                           "test accuracy compared (Welch 95 % CI, percentage points)",
+            "kd_vs_no_kd": "per cell (student, stem, epochs, fine-tune epochs, prune method) "
+                           "and KD method (kd_method): the best KD config (kd.alpha > 0) of "
+                           "the method with a no-KD twin (same config and seeds, kd.alpha = 0; "
+                           "the KD keys aside) against its twin, else the best KD config of "
+                           "the method against the best no-KD config; chosen on validation "
+                           "accuracy, test accuracy compared (Welch 95 % CI, percentage "
+                           "points)",
+            "kd_method_ablation": "per student arch and kd_method (none = kd.alpha 0): test "
+                                  "accuracy of every completed trial of that method pooled, "
+                                  "mean and 95 % CI over trials; empty with a single "
+                                  "kind (one method and no no-KD trial, or only no KD)",
         },
         "dataset": prov.get("data.label"),
         "dataset_kind": prov.get("data.dataset"),
@@ -1614,6 +1891,7 @@ def build_report(data: _Data, png: dict | None = None) -> dict:
         "front": front,
         "latency_budgets": budgets,
         "kd_vs_no_kd": [_report_kd(data, p) for p in kd_comparisons(data)],
+        "kd_method_ablation": [_report_method(e) for e in method_ablation(data)],
         "provenance": prov,
     }
     if png is not None:
@@ -1717,7 +1995,7 @@ table { border-collapse: collapse; font-size: 13px; width: 100%; }
 th, td { border-bottom: 1px solid var(--line); padding: 5px 8px; text-align: left;
          vertical-align: top; }
 th { background: #f0f3f8; position: sticky; top: 0; }
-table.front td:nth-child(9) { font-weight: 600; white-space: nowrap; }
+table.front .acc { font-weight: 600; white-space: nowrap; }
 code { font-size: 12px; } code.path { word-break: break-all; }
 table.prov td:first-child { width: 220px; color: var(--muted); }
 details summary { cursor: pointer; font-weight: 600; padding: 6px 0; }

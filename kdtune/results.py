@@ -17,6 +17,12 @@ and static INT8 (``latency_ms_b1_onnx_<fp32|int8>`` with ``_p10``/``_p90`` and
 ``onnx_device``, ``size_mb_onnx_<fp32|int8>``, ``val_acc_onnx_int8``, ``test_acc_onnx_int8``,
 ``test_acc_onnx_fp32``, ``test_agree_onnx_int8``): two more latency targets.
 
+Since ``kd.method`` exists (logit | fitnets | attention | dkd) a row also carries it and its keys
+(``kd.feature_weight``, ``kd.dkd_alpha``, ``kd.dkd_beta``, ``kd.dkd_warmup``; an older run, which
+lacks them, distilled logits with the defaults) and what the trial ran: ``kd_method`` ("none" at
+``kd.alpha`` = 0, else the method), ``kd_feature_weight`` (resolved), ``kd_dkd_warmup_epochs``,
+``teacher_cache`` ("views" | "none") and ``train_step_ms`` (median step time).
+
 This module turns one or several run folders into one DataFrame (:func:`load_runs`,
 :func:`load_epochs`), averages the seeds of each distinct config (:func:`aggregate_seeds`) and
 finds the non-dominated rows (:func:`pareto_front`). Everything here is pure pandas/numpy: the
@@ -41,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kdtune.config import KDConfig
 from kdtune.errors import KDTuneError
 
 TRIALS_FILE = "trials.parquet"
@@ -133,6 +140,11 @@ OPTIONAL_NUMERIC_COLUMNS = (
     "teacher_latency_ms_b1_cpu",
     "teacher_size_mb_dense",
     *ONNX_COLUMNS,
+    # Median time of one training step (ms), and what the KD method resolved to: the feature
+    # weight of fitnets/attention, the warm-up epochs of dkd (None for the other methods).
+    "train_step_ms",
+    "kd_feature_weight",
+    "kd_dkd_warmup_epochs",
 )
 #: Which code made the numbers (kdtune.trial.provenance writes them into every row).
 VERSION_COLUMNS = (
@@ -153,12 +165,30 @@ RUNTIME_COLUMNS = ("precision", "channels_last", "gpu_precision", "cpu_precision
 #: onnxruntime 1.32.0, 1 thread"); ``onnx_int8_recipe``: how the INT8 files were quantized;
 #: ``onnx_error``: why a network has no ONNX figures.
 ONNX_TEXT_COLUMNS = ("onnx_device", "onnx_int8_recipe", "onnx_error")
+#: What a trial ran: ``kd_method`` ("none" at kd.alpha = 0, else kd.method; derived from the
+#: config where a row lacks it) and ``teacher_cache`` ("views": the view cache, "none": the
+#: teacher online, or no teacher at all).
+KD_TEXT_COLUMNS = ("kd_method", "teacher_cache")
 OPTIONAL_TEXT_COLUMNS = ("error", "checkpoint", "gpu_device", "cpu_device", *VERSION_COLUMNS,
-                         "device", *RUNTIME_COLUMNS, "arch_signature", *ONNX_TEXT_COLUMNS)
+                         "device", *RUNTIME_COLUMNS, "arch_signature", *ONNX_TEXT_COLUMNS,
+                         *KD_TEXT_COLUMNS)
+_KD_DEFAULTS = KDConfig()
 #: Config columns newer sweeps write, with the value an older run (which lacks them) implied:
-#: before prune.method existed every pruning was unstructured.
-OPTIONAL_CONFIG_COLUMNS = {"prune.method": "unstructured", "prune.round_to": math.nan}
+#: before prune.method existed every pruning was unstructured; before kd.method every KD was
+#: logit KD, and the method keys had their defaults (inert for logit, but equal values let an
+#: old run's seeds pool with a new run's of the same config).
+OPTIONAL_CONFIG_COLUMNS = {
+    "prune.method": "unstructured",
+    "prune.round_to": math.nan,
+    "kd.method": _KD_DEFAULTS.method,
+    "kd.feature_weight": math.nan,
+    "kd.dkd_alpha": _KD_DEFAULTS.dkd_alpha,
+    "kd.dkd_beta": _KD_DEFAULTS.dkd_beta,
+    "kd.dkd_warmup": math.nan,
+}
 PRUNE_METHODS = ("unstructured", "channel")
+#: kd_method of a trial that did not distil (kd.alpha = 0), whatever its kd.method says.
+NO_KD = "none"
 PROVENANCE_COLUMNS = ("device", "precision", "channels_last", "gpu_device", "gpu_precision",
                       "cpu_device", "cpu_precision", "cpu_threads", "onnx_device",
                       "onnx_int8_recipe", *VERSION_COLUMNS, "data.dataset", "data.label")
@@ -174,6 +204,10 @@ NUMERIC_CONFIG_COLUMNS = (
     "train.batch_size",
     "seed",
     "prune.round_to",
+    "kd.feature_weight",
+    "kd.dkd_alpha",
+    "kd.dkd_beta",
+    "kd.dkd_warmup",
 )
 FRACTION_COLUMNS = ("val_acc", "test_acc", "teacher_test_acc", "teacher_val_acc", "kd.alpha",
                     "prune_ratio_achieved", "val_acc_onnx_int8", "test_acc_onnx_int8",
@@ -208,6 +242,9 @@ AGG_METRICS = (
     "restarts",
     "bookkeeping_ms",
     "epoch_ms",
+    "train_step_ms",
+    "kd_feature_weight",
+    "kd_dkd_warmup_epochs",
     *ONNX_COLUMNS,
 )
 
@@ -271,10 +308,20 @@ def _check_trials(df: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     df["trial_id"] = df["trial_id"].astype(str)
     df["status"] = df["status"].astype(str)
     df["is_baseline"] = df["is_baseline"].fillna(df["kd.alpha"] == 0).astype(bool)
+    df["kd.method"] = df["kd.method"].astype(str)
+    # What the trial ran follows from its config: an older run, and a trial that errored
+    # before its final report, lack it.
+    df["kd_method"] = df["kd_method"].fillna(kd_method(df))
     # What a deployed model takes: the smaller of the dense and the sparse storage (a sparse
     # format only pays off once enough weights are pruned).
     df[SIZE_COLUMN] = df[["size_mb_dense", "size_mb_sparse"]].min(axis=1, skipna=True)
     return df
+
+
+def kd_method(df: pd.DataFrame) -> pd.Series:
+    """What each row distilled with: :data:`NO_KD` where ``kd.alpha`` is 0 (plain
+    cross-entropy, whatever ``kd.method`` says), else its ``kd.method``."""
+    return df["kd.method"].where(df["kd.alpha"] != 0, NO_KD)
 
 
 def load_runs(*run_dirs: str | Path) -> pd.DataFrame:
@@ -516,14 +563,14 @@ def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame:
     ``n_seeds``, ``seeds`` ("0,1,2"), ``trial_ids`` and ``runs`` (";"-joined), ``best_trial_id``
     and ``best_checkpoint`` (the seed with the highest validation accuracy: the one to deploy),
     and the first ``gpu_device``/``cpu_device``/``cpu_threads``/``onnx_device``/
-    ``arch_signature`` label. Stopped
+    ``arch_signature``/``kd_method``/``teacher_cache`` label. Stopped
     and errored trials are left out: they have no final measurements.
     """
     done = df[df["status"] == "completed"]
     keys = [c for c in config_columns(df) if c != "seed"]
     metrics = [m for m in AGG_METRICS if m in df.columns]
     label_cols = [c for c in ("gpu_device", "cpu_device", "cpu_threads", "onnx_device",
-                              "arch_signature") if c in df.columns]
+                              "arch_signature", *KD_TEXT_COLUMNS) if c in df.columns]
     out_cols = [
         *keys,
         "n_seeds",

@@ -20,6 +20,7 @@ from test_results import CONFIGS, _trial_row, make_fake_run, write_trials  # noq
 
 from kdtune.dashboard import CSV_COLUMNS, write_dashboard  # noqa: E402
 from kdtune.errors import KDTuneError  # noqa: E402
+from kdtune.results import t_quantile  # noqa: E402
 
 ALL_PANELS = {"front_latency", "front_size", "front_3d", "parcoords", "ablation", "stem",
               "kd_vs_baseline", "curves"}
@@ -556,3 +557,125 @@ def test_onnxruntime_targets_get_their_own_fronts_int8_chosen_on_int8_validation
     assert report["units"]["latency_ms_onnx_int8"] == (
         f"batch-1 latency (ms, INT8 ONNX file, {device})")
     assert report["provenance"]["onnx_device"] == device
+
+
+# ---------------------------------------------------------------------------------------------
+# kd.method: ablation per method, KD vs no KD per method, labels
+
+
+def _method(method: str, alpha: float, eps: float, val: float, test: float, **more) -> dict:
+    return _kd(alpha, eps, val, test, **{"kd.method": method, **more})
+
+
+def test_kd_vs_no_kd_per_method_pairs_each_with_its_twin(tmp_path):
+    # search.baseline with kd.method searched: one no-KD run (the base config's method, logit)
+    # and a KD twin per method; the space adds DKD configs, one of them (ε 0.1) with no twin
+    specs = [
+        _kd(0.0, 0.0, 0.88, 0.87, is_baseline=True),                                      # 0
+        _kd(0.9, 0.0, 0.90, 0.89, is_baseline=True),                                      # 1
+        _method("dkd", 0.9, 0.0, 0.92, 0.915, is_baseline=True),                          # 2
+        _method("fitnets", 0.9, 0.0, 0.91, 0.905, is_baseline=True),                      # 3
+        _method("dkd", 0.9, 0.0, 0.93, 0.92, **{"kd.dkd_beta": 4.0}),                     # 4
+        _method("dkd", 0.5, 0.0, 0.90, 0.90, **{"kd.dkd_beta": 4.0}),  # 4 but α: inert  # 5
+        _method("dkd", 0.9, 0.1, 0.95, 0.94),  # better, but no no-KD config with ε 0.1    # 6
+    ]
+    text, report = _dash(_hand_run(tmp_path, "methods", specs))
+    cmps = report["kd_vs_no_kd"]
+    assert [c["kd_method"] for c in cmps] == ["logit", "fitnets", "dkd"]
+    no_kd = [f"methods_0_{s}" for s in (0, 1, 2)]
+    for cmp, kd_config, diff in zip(cmps, (1, 3, 4), (2.0, 3.5, 5.0), strict=True):
+        assert cmp["kind"] == "twins" and cmp["like_for_like"]
+        assert cmp["kd"]["trial_ids"] == [f"methods_{kd_config}_{s}" for s in (0, 1, 2)]
+        assert cmp["no_kd"]["trial_ids"] == no_kd  # the logit no-KD run is every method's twin
+        assert cmp["diff_pp"] == pytest.approx(diff)
+    # configs 4 and 5 train alike (DKD has no α): two DKD configs have a twin, not three
+    assert cmps[2]["n_kd_configs"] == 2
+    box = answer_box(text)
+    assert "Largest difference KD − no KD, like for like: <b>DKD</b> (resnet18 · cifar stem · " \
+           "unpruned): yes: DKD adds +5.00 pp" in box
+    for label in ("logit KD", "FitNets", "DKD"):
+        assert f"<b>resnet18 · cifar stem · unpruned · {label}</b>: yes: {label} adds" in box
+    panel = section(text, "kd_vs_baseline")
+    assert "same config and seeds, α = 0.9 vs 0 (" in panel  # logit KD: as before kd.method
+    assert "same config and seeds, FitNets w 100, T 4, α 0.9 vs no KD (α = 0)" in panel
+    assert "same config and seeds, DKD β 4, T 4 vs no KD (α = 0)" in panel
+    assert "the best by validation of the 2 DKD configs with a no-KD twin" in panel
+    assert "Per distillation method" in panel
+    # DKD never shows an α: not in labels, not in the tables
+    assert "DKD β 4, T 4, α" not in text and "DKD β 8, T 4, α" not in text
+    front = section(text, "front-table")
+    assert "<th>KD method</th>" in front
+    assert "<td>DKD β 8</td><td>4</td><td>—</td>" in front  # T 4, α "—"
+    trials = section(text, "trials")
+    assert "<td>FitNets w 100</td><td>4</td><td>0.9</td>" in trials
+    assert "<td>DKD β 4</td><td>4</td><td>—</td>" in trials
+    assert "<td>no KD</td>" in trials
+
+
+def test_method_ablation_means_and_cis(tmp_path):
+    specs = [
+        _kd(0.0, 0.0, 0.88, 0.87),
+        _kd(0.9, 0.0, 0.90, 0.89),
+        _kd(0.5, 0.1, 0.92, 0.91),
+        _method("dkd", 0.9, 0.0, 0.93, 0.92),
+        _method("dkd", 0.5, 0.0, 0.94, 0.93),  # α is inert for DKD: the same training
+    ]
+    run = _hand_run(tmp_path, "ablation", specs)
+    text, report = _dash(run)
+    df = pd.read_parquet(run / "trials.parquet")
+    kind = np.where(df["kd.alpha"] == 0, "none", df["kd.method"].fillna("logit"))
+    entries = {e["kd_method"]: e for e in report["kd_method_ablation"]}
+    assert list(entries) == ["none", "logit", "dkd"]  # no KD first, then KD_METHODS' order
+    expected = {"none": (87.0, 3, 1), "logit": (90.0, 6, 2), "dkd": (92.5, 6, 1)}
+    for method, (mean, n_trials, n_configs) in expected.items():
+        e = entries[method]
+        values = 100 * df.loc[kind == method, "test_acc"]
+        half = t_quantile(0.975, n_trials - 1) * values.std(ddof=1) / math.sqrt(n_trials)
+        assert e["test_accuracy"] == pytest.approx(mean) == pytest.approx(values.mean())
+        assert e["test_accuracy_ci95"] == pytest.approx(half)
+        assert (e["n_trials"], e["n_configs"], e["seeds"]) == (n_trials, n_configs, "0,1,2")
+        assert e["arch"] == "resnet18"
+    # no KD: seeds 87 ± 0.2 pp, so the CI is t(0.975, 2) × 0.2 / √3
+    assert entries["none"]["test_accuracy_ci95"] == pytest.approx(4.302653 * 0.2 / math.sqrt(3))
+    panel = section(text, "ablation")  # plotly's JSON writes α as \u03b1
+    assert "distillation method (KD trials of each kd.method; no KD = \\u03b1 0)" in panel
+    assert "DKD trials are left out of the α plot" in panel
+
+
+def _ablation_x(fig, axis: str) -> list[float]:
+    return [x for tr in fig.data if tr.xaxis == axis and tr.x is not None for x in tr.x
+            if x is not None]
+
+
+def test_dkd_rows_are_left_out_of_the_alpha_ablation(tmp_path):
+    from kdtune.dashboard import _panel_ablation, _prepare
+
+    specs = [_kd(0.0, 0.0, 0.88, 0.87), _kd(0.9, 0.0, 0.90, 0.89),
+             _method("dkd", 0.7, 0.0, 0.93, 0.92, **{"kd.temperature": 3.0})]
+    fig = _panel_ablation(_prepare([_hand_run(tmp_path, "alpha", specs)])).figure
+    # T (x): every KD trial, DKD's T 3 included; α (x2): DKD's α 0.7 means nothing, left out
+    assert set(_ablation_x(fig, "x")) == {3.0, 4.0}
+    assert set(_ablation_x(fig, "x2")) == {0.0, 0.9}
+    assert list(fig.layout.xaxis5.ticktext) == ["no KD (α = 0)", "logit KD", "DKD"]
+
+
+def test_logit_only_runs_look_as_before(sweep):
+    # the fake runs predate kd.method (no kd.* method columns): logit KD throughout
+    run, html_path, _ = sweep
+    text = html_path.read_text()
+    report = json.loads((run / "report.json").read_text())
+    assert {c["kd_method"] for c in report["kd_vs_no_kd"]} == {"logit"}
+    assert "<th>KD method</th>" not in text and "logit KD" not in answer_box(text)
+    assert "Largest difference" not in text and "Per distillation method" not in text
+    assert "resnet18 · cifar stem · T 4, α 0.9" in text  # the config label as it was
+    # one method and no KD: the method ablation compares the two, per student
+    assert {(e["arch"], e["kd_method"]) for e in report["kd_method_ablation"]} == {
+        (arch, m) for arch in ("resnet18", "mobilenetv2") for m in ("none", "logit")}
+    assert "distillation method" in section(text, "ablation")
+
+
+def test_one_kind_draws_no_method_ablation(tmp_path):
+    run = _hand_run(tmp_path, "kd-only", [_kd(0.9, 0.0, 0.90, 0.89), _kd(0.5, 0.0, 0.91, 0.9)])
+    text, report = _dash(run)
+    assert report["kd_method_ablation"] == []
+    assert "distillation method" not in section(text, "ablation")

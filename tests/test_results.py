@@ -551,3 +551,54 @@ def test_searched_keys_from_yaml_or_inferred(tmp_path):
     inferred = searched_keys(df, [run])
     assert set(inferred) >= set(SEARCH_SPACE)  # every searched key varies in the fake run
     assert "seed" not in inferred and "train.lr" not in inferred
+
+
+def _with_kd_method(df: pd.DataFrame, method: str, **metrics) -> pd.DataFrame:
+    """A trials table as a sweep since kd.method writes it: the method, its keys (defaults)
+    and what the trial ran."""
+    return df.assign(**{"kd.method": method, "kd.feature_weight": None, "kd.dkd_alpha": 1.0,
+                        "kd.dkd_beta": 8.0, "kd.dkd_warmup": None,
+                        "kd_method": np.where(df["kd.alpha"] == 0, "none", method),
+                        "kd_feature_weight": None, "teacher_cache": "views",
+                        "train_step_ms": 12.0, **metrics})
+
+
+def test_kd_method_columns_old_and_new_runs(tmp_path):
+    small = dict(students=("resnet18",), stems=("cifar",), configs=CONFIGS[:4], n_stopped=0,
+                 n_errored=0, sweep_yaml=False)
+    old = make_fake_run(tmp_path, "old", **small)
+    loaded = load_runs(old)
+    # written before kd.method: logit KD with the default keys, kd_method from the config
+    assert (loaded["kd.method"] == "logit").all()
+    assert loaded["kd_method"].tolist() == [
+        "none" if a == 0 else "logit" for a in loaded["kd.alpha"]]
+    assert (loaded["kd.dkd_alpha"] == 1.0).all() and (loaded["kd.dkd_beta"] == 8.0).all()
+    for col in ("kd.feature_weight", "kd.dkd_warmup", "train_step_ms", "kd_feature_weight",
+                "kd_dkd_warmup_epochs"):
+        assert loaded[col].dtype == float and loaded[col].isna().all(), col
+    assert loaded["teacher_cache"].isna().all()
+
+    # a new run of the same configs on other seeds, plus a DKD twin of the α = 0.9 config
+    new = make_fake_run(tmp_path, "new", seeds=(3, 4), rng_seed=1, **small)
+    df = _with_kd_method(pd.read_parquet(new / "trials.parquet"), "logit")
+    dkd = _with_kd_method(df[df["kd.alpha"] == 0.9], "dkd", kd_dkd_warmup_epochs=1,
+                          train_step_ms=15.0)
+    dkd = dkd.assign(trial_id=dkd["trial_id"] + "_dkd", test_acc=0.95)
+    df.loc[df.index[0], "kd_method"] = None  # errored before its final report, say
+    write_trials(new, pd.concat([df, dkd], ignore_index=True))
+    both = load_runs(old, new)
+    assert both["kd_method"].notna().all()
+    assert both["kd.dkd_warmup"].dtype == float
+    agg = aggregate_seeds(both)
+    assert {"kd.method", "kd.dkd_beta", "kd_method", "teacher_cache"} <= set(agg.columns)
+    # grouped by kd.method: the logit config pools both runs' seeds, its DKD twin stands apart
+    kd09 = agg[agg["kd.alpha"] == 0.9].set_index("kd.method")
+    assert len(agg) == 4 + 1 and sorted(kd09.index) == ["dkd", "logit"]
+    assert kd09.loc["logit", "n_seeds"] == 5 and kd09.loc["logit", "seeds"] == "0,1,2,3,4"
+    assert kd09.loc["dkd", "n_seeds"] == 2 and kd09.loc["dkd", "kd_method"] == "dkd"
+    assert kd09.loc["dkd", "test_acc_mean"] == pytest.approx(0.95)
+    assert kd09.loc["dkd", "train_step_ms_mean"] == pytest.approx(15.0)
+    assert kd09.loc["dkd", "kd_dkd_warmup_epochs_mean"] == pytest.approx(1.0)
+    assert kd09.loc["logit", "train_step_ms_n"] == 2  # measured in the new run only
+    assert kd09.loc["logit", "teacher_cache"] == "views"
+    assert set(agg.loc[agg["kd.alpha"] == 0, "kd_method"]) == {"none"}
