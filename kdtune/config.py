@@ -145,7 +145,9 @@ class KDConfig:
     def resolved_dkd_warmup(self, train_epochs: int) -> int | None:
         if self.method != "dkd":
             return None
-        return max(1, round(train_epochs / 12)) if self.dkd_warmup is None else self.dkd_warmup
+        if self.dkd_warmup is not None:
+            return self.dkd_warmup
+        return max(1, int(train_epochs / 12 + 0.5))  # half up: 30 epochs -> 3, not 2
 
 
 @dataclass
@@ -577,8 +579,9 @@ def sweep_config(raw: dict, overrides=None, default_name: str = "sweep") -> Swee
     methods = set(space["kd.method"].values) if "kd.method" in space else {base.kd.method}
     check_kd_keys(methods, _given_kd(raw, None))
     check_kd_keys(methods, {k[3:]: None for k in space if k.startswith("kd.")}, "search.space.")
-    # alpha: a searched alpha has KD trials whatever the base says
-    check_teacher_cache(methods, base.teacher.cache, 1.0 if "kd.alpha" in space else base.kd.alpha)
+    # a searched alpha, or baseline: true (its KD twins), has KD trials whatever the base says
+    check_teacher_cache(methods, base.teacher.cache, 1.0 if "kd.alpha" in space
+                        or search.baseline else base.kd.alpha)
     if STEM_SHORTHAND in space and ("teacher.stem" in space or "student.stem" in space):
         raise KDTuneError("search.space.stem: sets teacher.stem and student.stem together; "
                           "drop the separate teacher.stem/student.stem entry")

@@ -57,21 +57,32 @@ def teacher_mode(cfg: TrialConfig, sweep_mode: str) -> str:
 
 
 class FeatureTap:
-    """Keeps the last output of each named module (forward hooks), for one network."""
+    """Keeps the last output of each named module (forward hooks), for one network.
 
-    def __init__(self, model: nn.Module, names: list[str]):
+    `training_only`: record only forwards in training mode (the student's steps, not its
+    validation passes, whose 1024-image maps would otherwise stay alive until the next step).
+    `take()` hands the maps over and forgets them, so none outlives the step that used it."""
+
+    def __init__(self, model: nn.Module, names: list[str], training_only: bool = False):
         modules = dict(model.named_modules())
         self.names = names
+        self.training_only = training_only
         self.out: dict[str, torch.Tensor] = {}
         self._hooks = [modules[n].register_forward_hook(self._keep(n)) for n in names]
 
     def _keep(self, name: str):
         def hook(module, inputs, output):
-            self.out[name] = output
+            if module.training or not self.training_only:
+                self.out[name] = output
         return hook
 
     def features(self) -> list[torch.Tensor]:
         return [self.out[n] for n in self.names]
+
+    def take(self) -> list[torch.Tensor]:
+        out = self.features()
+        self.out = {}
+        return out
 
     def close(self) -> None:
         for h in self._hooks:
@@ -151,18 +162,30 @@ def _resize_to(f: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(f, size=size, mode="bilinear", align_corners=False)
 
 
-def _classifier(model: nn.Module) -> torch.Tensor:
-    """Weight of the first Linear: in every registry CNN it reads the pooled last stage, one
-    input column per channel."""
-    return next(m for m in model.modules() if isinstance(m, nn.Linear)).weight
+def _channel_stats(model: nn.Module, stage: str) -> torch.Tensor:
+    """(channels, 4): weight, bias, running mean and variance of the last BatchNorm2d up to
+    and including the module `stage`, i.e. the norm that sets that stage's output channels (a
+    CIFAR ResNet block's bn2 or its shortcut's, MobileNetV3's last 576-channel conv, cnn4's
+    norm before its last ReLU). Channel pruning slices these per channel, never changes them."""
+    last, inside = None, False
+    for name, m in model.named_modules():  # pre-order: the stage, then its subtree
+        in_stage = name == stage or name.startswith(stage + ".")
+        if inside and not in_stage:
+            break
+        inside = inside or in_stage
+        if isinstance(m, nn.BatchNorm2d):
+            last = m
+    if last is None:
+        raise KDTuneError(f"no BatchNorm2d up to {stage}")
+    return torch.stack([last.weight, last.bias, last.running_mean, last.running_var], 1)
 
 
-def _kept_columns(before: torch.Tensor | None, after: torch.Tensor) -> torch.Tensor | None:
-    """Index in `before` of each column of `after` (channel pruning slices columns, so each
-    surviving one is there exactly); None if any column has no unique match."""
-    if before is None or before.shape[0] != after.shape[0]:
+def _kept_channels(before: torch.Tensor | None, after: torch.Tensor) -> torch.Tensor | None:
+    """Index in `before` of each row of `after` (pruning keeps a channel's statistics exactly);
+    None if some row has no unique match (e.g. an untrained network: every BN at 1, 0, 0, 1)."""
+    if before is None:
         return None
-    eq = (before.T[None, :, :] == after.T[:, None, :].to(before.device)).all(-1)  # (after, before)
+    eq = (after[:, None, :].to(before.device) == before[None, :, :]).all(-1)  # (after, before)
     if not bool((eq.sum(1) == 1).all()):
         return None
     return eq.float().argmax(1)
@@ -186,23 +209,22 @@ class Distiller:
     """
 
     def __init__(self, cfg: TrialConfig, teacher, mode: str, device: torch.device, *,
-                 bf16: bool, input_size: int, channels_last: bool):
+                 bf16: bool, input_size: int, channels_last: bool, log=print):
         self.kd: KDConfig = cfg.kd
         self.arch, self.t_arch = cfg.student.arch, cfg.teacher.arch
         self.teacher, self.mode, self.device = teacher, mode, device
         self.bf16, self.input_size, self.channels_last = bf16, input_size, channels_last
+        self.log = log
         self.method = cfg.kd.method if cfg.kd.alpha > 0 else "none"
-        self.feature_weight = cfg.kd.resolved_feature_weight()
-        self.dkd_warmup = cfg.kd.resolved_dkd_warmup(cfg.train.epochs)
+        on = self.method != "none"  # a no-KD run has neither weight
+        self.feature_weight = cfg.kd.resolved_feature_weight() if on else None
+        self.dkd_warmup = cfg.kd.resolved_dkd_warmup(cfg.train.epochs) if on else None
         self.epoch = 1
         self.regressor: nn.Module | None = None
-        self._classifier_before: torch.Tensor | None = None
+        self._stats_before: torch.Tensor | None = None
         self.pairs: list[tuple[int, int]] = []
         self._s_tap = self._t_tap = None
         if self.method in FEATURE_METHODS:
-            if mode != "none":
-                raise KDTuneError(f"kd.method: {self.method} needs the teacher online, not "
-                                  f"teacher.cache: {mode}")
             t_names = feature_stages(self.t_arch, teacher.model)
             self._t_shapes = stage_shapes(teacher.model, t_names, input_size, device, bf16=bf16,
                                           channels_last=channels_last)
@@ -218,7 +240,7 @@ class Distiller:
         names = feature_stages(self.arch, student)
         s_shapes = stage_shapes(student, names, self.input_size, self.device, bf16=self.bf16,
                                 channels_last=self.channels_last)
-        self._s_tap = FeatureTap(student, names)
+        self._s_tap = FeatureTap(student, names, training_only=True)
         if self.method == "attention":
             self.pairs = attention_pairs(s_shapes, self._t_shapes)
             if not self.pairs:
@@ -228,19 +250,24 @@ class Distiller:
             c_s, c_t = s_shapes[-1][0], self._t_shapes[-1][0]
             if self.regressor is None or self.regressor[0].in_channels != c_s:
                 old, self.regressor = self.regressor, make_regressor(c_s, c_t)
-                kept = _kept_columns(self._classifier_before, _classifier(student))
-                if old is not None and kept is not None and len(kept) == c_s:
+                kept = None if old is None else _kept_channels(
+                    self._stats_before, _channel_stats(student, names[-1]).detach())
+                if kept is not None and len(kept) == c_s:
                     with torch.no_grad():
                         self.regressor[0].weight.copy_(old[0].weight[:, kept.to(
                             old[0].weight.device)])
                     self.regressor[1].load_state_dict(old[1].state_dict())
+                elif old is not None:
+                    self.log(f"fitnets: the surviving channels of {names[-1]} could not be "
+                             "matched; the regressor starts afresh for the fine-tune")
                 fmt = torch.channels_last if self.channels_last else torch.contiguous_format
                 self.regressor = self.regressor.to(self.device, memory_format=fmt)
 
     def before_prune(self, student: nn.Module) -> None:
         """Call right before channel pruning: what the regressor's rebuild matches against."""
         if self.regressor is not None:
-            self._classifier_before = _classifier(student).detach().clone()
+            name = feature_stages(self.arch, student)[-1]
+            self._stats_before = _channel_stats(student, name).detach().clone()
 
     def extra_modules(self) -> list[nn.Module]:
         return [self.regressor] if self.regressor is not None else []
@@ -279,7 +306,7 @@ class Distiller:
         base = kd_loss(logits, t_logits, y, kd.temperature, kd.alpha, kd.label_smoothing)
         if self.method == "logit":
             return base
-        f_s, f_t = self._s_tap.features(), self._t_tap.features()
+        f_s, f_t = self._s_tap.take(), self._t_tap.take()
         if self.method == "fitnets":
             hint = self.regressor(f_s[-1].float())
             target = f_t[-1].float()

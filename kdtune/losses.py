@@ -89,8 +89,11 @@ def at_loss(f_s: torch.Tensor | Sequence[torch.Tensor], f_t: torch.Tensor | Sequ
     weight mdistiller uses for this exact form). Pass one tensor each, or equal-length
     sequences (one per stage pair).
     """
-    pairs = list(zip(f_s, f_t)) if isinstance(f_s, (list, tuple)) else [(f_s, f_t)]
-    if isinstance(f_s, (list, tuple)) and len(f_s) != len(f_t):
+    seqs = isinstance(f_s, (list, tuple)), isinstance(f_t, (list, tuple))
+    if seqs[0] != seqs[1]:
+        raise TypeError("at_loss: pass one tensor each, or a sequence each")
+    pairs = list(zip(f_s, f_t)) if seqs[0] else [(f_s, f_t)]
+    if seqs[0] and len(f_s) != len(f_t):
         raise ValueError(f"at_loss: {len(f_s)} student stages vs {len(f_t)} teacher stages")
     if not pairs:
         raise ValueError("at_loss: no stage pairs")

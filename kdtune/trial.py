@@ -19,7 +19,7 @@ from . import measure
 from .config import TrialConfig, check_teacher_cache
 from .data import DeviceData, Split, load_split, num_views
 from .errors import KDTuneError
-from .distill import Distiller, check_method, teacher_mode
+from .distill import LOGIT_METHODS, Distiller, check_method, teacher_mode
 from .models import architecture_signature, create_model, rebuild_student, save_student
 from .prune import apply_pruning, make_permanent, prune_channels, sparsity
 from .storage import atomic_path
@@ -80,7 +80,7 @@ def resolve_cache_mode(cfg: TrialConfig, teacher_passes_per_image: float) -> str
     Feature methods (kd.method fitnets, attention) always run the teacher online."""
     if cfg.kd.alpha == 0:
         return "none"  # the no-KD baseline needs no teacher at all
-    if cfg.kd.method not in ("logit", "dkd"):
+    if cfg.kd.method not in LOGIT_METHODS:
         check_teacher_cache({cfg.kd.method}, cfg.teacher.cache, cfg.kd.alpha)
         return "none"
     if cfg.teacher.cache != "auto":
@@ -171,171 +171,174 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
                                        stem=cfg.student.stem), device, channels_last)
     flops = measure.count_flops(student, (1, 3, dd.input_size, dd.input_size))
     distiller = Distiller(cfg, teacher, cache_mode, device, bf16=bf16,
-                          input_size=dd.input_size, channels_last=channels_last)
+                          input_size=dd.input_size, channels_last=channels_last, log=log)
     distiller.attach(student)
+    # the hooks come off on every exit: the student (and a teacher handed in) leave as they came
+    try:
+        steps = dd.steps_per_epoch(cfg.train.batch_size)
+        ft_lr = cfg.prune.finetune_lr or cfg.train.lr / 10
 
-    steps = dd.steps_per_epoch(cfg.train.batch_size)
-    ft_lr = cfg.prune.finetune_lr or cfg.train.lr / 10
+        def trained():
+            # the student first, so its parameters keep their optimizer slots with or without a
+            # regressor beside it (FitNets), which trains with the same optimizer but is not in it
+            return torch.nn.ModuleList([student, *distiller.extra_modules()])
 
-    def trained():
-        # the student first, so its parameters keep their optimizer slots with or without a
-        # regressor beside it (FitNets), which trains with the same optimizer but is not in it
-        return torch.nn.ModuleList([student, *distiller.extra_modules()])
+        def new_phase(phase: str):
+            if phase == "train":
+                opt = make_optimizer(trained(), cfg.train.optimizer, cfg.train.lr,
+                                     cfg.train.weight_decay, cfg.train.momentum)
+                return opt, make_schedule(opt, cfg.train.schedule, cfg.train.lr,
+                                          cfg.train.epochs * steps)
+            opt = make_optimizer(trained(), cfg.train.optimizer, ft_lr, cfg.train.weight_decay,
+                                 cfg.train.momentum)
+            return opt, make_schedule(opt, "cosine", ft_lr, cfg.prune.finetune_epochs * steps)
 
-    def new_phase(phase: str):
-        if phase == "train":
-            opt = make_optimizer(trained(), cfg.train.optimizer, cfg.train.lr,
-                                 cfg.train.weight_decay, cfg.train.momentum)
-            return opt, make_schedule(opt, cfg.train.schedule, cfg.train.lr,
-                                      cfg.train.epochs * steps)
-        opt = make_optimizer(trained(), cfg.train.optimizer, ft_lr, cfg.train.weight_decay,
-                             cfg.train.momentum)
-        return opt, make_schedule(opt, "cosine", ft_lr, cfg.prune.finetune_epochs * steps)
+        prune_cut = None  # fraction of channels the channel pruning actually removed
 
-    prune_cut = None  # fraction of channels the channel pruning actually removed
-
-    def prune_now():
-        nonlocal flops, prune_cut
-        p = cfg.prune
-        if p.method == "unstructured":
-            apply_pruning(student, p.ratio, p.scope, p.include_linear)
-            return
-        example = torch.zeros(1, 3, dd.input_size, dd.input_size, device=device)
-        distiller.before_prune(student)
-        prune_cut = prune_channels(student, p.ratio, example, p.scope, p.round_to)
-        place_model(student, device, channels_last)  # the new, narrower tensors too
-        distiller.attach(student)  # FitNets: a regressor for the narrower last stage
-        flops = measure.count_flops(student, (1, 3, dd.input_size, dd.input_size))
-        log(f"channel pruning: {prune_cut:.1%} of conv channels removed (asked "
-            f"{p.ratio:.1%}, widths rounded to multiples of {p.round_to}), "
-            f"{flops / 1e6:.1f} MFLOPs per image left")
-
-    chash = _config_hash(cfg, split.identity)
-    start_epoch, history, step_s = 1, [], []
-    phase = "train"
-    opt, sched = new_phase("train")
-    if resume_from is not None and (Path(resume_from) / CKPT).is_file():
-        state = torch.load(Path(resume_from) / CKPT, map_location=device, weights_only=True)
-        if state["config_hash"] != chash:
-            raise KDTuneError(f"{resume_from}: checkpoint was written by a different config; "
-                              "use a fresh output folder")
-        phase = state["phase"]
-        if phase == "finetune":
-            # pruned: narrower layers (channel) or masks (unstructured), both rebuilt from the
-            # saved tensors, as every reload of a student is
-            student = place_model(rebuild_student(cfg.student.arch, cfg.student.stem,
-                                                  state["model"]), device, channels_last)
+        def prune_now():
+            nonlocal flops, prune_cut
+            p = cfg.prune
+            if p.method == "unstructured":
+                apply_pruning(student, p.ratio, p.scope, p.include_linear)
+                return
+            example = torch.zeros(1, 3, dd.input_size, dd.input_size, device=device)
+            distiller.before_prune(student)
+            prune_cut = prune_channels(student, p.ratio, example, p.scope, p.round_to)
+            place_model(student, device, channels_last)  # the new, narrower tensors too
+            distiller.attach(student)  # FitNets: a regressor for the narrower last stage
             flops = measure.count_flops(student, (1, 3, dd.input_size, dd.input_size))
-            prune_cut = state.get("prune_cut")
-            distiller.attach(student)
-            opt, sched = new_phase("finetune")
-        else:
-            student.load_state_dict(state["model"])
-        distiller.load_state_dict(state.get("distiller", {}))
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch = state["epoch"] + 1
-        history, step_s = state["history"], state["step_s"]
-        log(f"resuming from epoch {state['epoch']} ({phase})")
+            log(f"channel pruning: {prune_cut:.1%} of conv channels removed (asked "
+                f"{p.ratio:.1%}, widths rounded to multiples of {p.round_to}), "
+                f"{flops / 1e6:.1f} MFLOPs per image left")
 
-    ckpt_path = Path(checkpoint_dir) / CKPT if checkpoint_dir else None
-    if ckpt_path:
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    eval_bs = cfg.train.eval_batch_size
-    # Parameter counts and sizes change only when pruning does. Measuring them every epoch cost
-    # more than a fast GPU epoch's training (zlib over the state dict: ~240 ms for
-    # mobilenet_v3_small on a 2-core CPU); they are measured at the start and after pruning,
-    # and still reported every epoch, since a multi-objective search reads them from any report.
-    sizes = None
-    last_ckpt = time.perf_counter()
-    for epoch in range(start_epoch, total_epochs + 1):
-        if epoch == cfg.train.epochs + 1 and phase == "train":
-            phase = "finetune"
-            prune_now()
-            sizes = None
-            opt, sched = new_phase("finetune")
-        lr = opt.param_groups[0]["lr"]
-        t0 = time.perf_counter()
-        distiller.epoch = epoch
-        loss, n_steps = train_epoch(student, dd, opt, sched, cfg.train.batch_size,
-                                    cfg.seed * 100_003 + epoch, distiller.loss, bf16=bf16)
-        t_train = time.perf_counter()
-        step_s.append((t_train - t0) / n_steps)
-        val = measure.accuracy(student, dd.eval_batches("val", eval_bs), autocast_bf16=bf16)
-        t_val = time.perf_counter()
-        if sizes is None:
-            sizes = {**measure.count_params(student), **measure.model_size_mb(student)}
-        row = {"epoch": epoch, "phase": phase, "val_acc": val, "train_loss": loss, "lr": lr,
-               "flops": flops, **sizes, "train_s": t_train - t0, "val_s": t_val - t_train}
-        history.append(row)
-        # A resume checkpoint every epoch, or, with checkpoint_every_s, once that long has
-        # passed (a sweep: on a GPU an epoch takes a second, and each checkpoint a trial hands
-        # Tune also forces a whole experiment snapshot), and always on entering the fine-tune
-        # and at the last epoch. row["checkpoint_saved"] tells the report whether there is a
-        # new one to hand over.
-        row["checkpoint_saved"] = bool(ckpt_path) and (
-            time.perf_counter() - last_ckpt >= checkpoint_every_s or epoch == total_epochs
-            or (phase == "finetune" and epoch == cfg.train.epochs + 1))
-        if row["checkpoint_saved"]:
-            last_ckpt = time.perf_counter()
-            _save_ckpt(ckpt_path, {
-                "config_hash": chash, "epoch": epoch, "phase": phase, "history": history,
-                "step_s": step_s, "model": student.state_dict(), "prune_cut": prune_cut,
-                "distiller": distiller.state_dict(),
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
-        log(f"epoch {epoch}/{total_epochs} [{phase}] loss {loss:.4f} val_acc {val:.2%} "
-            f"lr {lr:.3g} ({(time.perf_counter() - t0):.1f}s)")
-        # The last epoch is reported after pruning and measuring, merged with the final
-        # metrics: a scheduler may stop a trial at its last report, and the final numbers
-        # must be in the report that the searcher reads.
-        if report is not None and epoch < total_epochs:
-            report(dict(row))
-        # Everything in the epoch that is neither training nor validation: sizes, checkpoint,
-        # the report (which, under Ray Tune, persists the checkpoint to the run folder).
-        # Known only after the report, so it lands in the history, not in that report.
-        row["bookkeeping_ms"] = 1000 * (time.perf_counter() - t_val)
+        chash = _config_hash(cfg, split.identity)
+        start_epoch, history, step_s = 1, [], []
+        phase = "train"
+        opt, sched = new_phase("train")
+        if resume_from is not None and (Path(resume_from) / CKPT).is_file():
+            state = torch.load(Path(resume_from) / CKPT, map_location=device, weights_only=True)
+            if state["config_hash"] != chash:
+                raise KDTuneError(f"{resume_from}: checkpoint was written by a different config; "
+                                  "use a fresh output folder")
+            phase = state["phase"]
+            if phase == "finetune":
+                # pruned: narrower layers (channel) or masks (unstructured), both rebuilt from the
+                # saved tensors, as every reload of a student is
+                student = place_model(rebuild_student(cfg.student.arch, cfg.student.stem,
+                                                      state["model"]), device, channels_last)
+                flops = measure.count_flops(student, (1, 3, dd.input_size, dd.input_size))
+                prune_cut = state.get("prune_cut")
+                distiller.attach(student)
+                opt, sched = new_phase("finetune")
+            else:
+                student.load_state_dict(state["model"])
+            distiller.load_state_dict(state.get("distiller", {}))
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start_epoch = state["epoch"] + 1
+            history, step_s = state["history"], state["step_s"]
+            log(f"resuming from epoch {state['epoch']} ({phase})")
 
-    if cfg.prune.ratio > 0 and phase == "train":
-        prune_now()  # ratio > 0 with no fine-tune epochs: prune and measure as is
-    distiller.close()  # the hooks go: the student (and a shared teacher) leave as they came
-    make_permanent(student)
-    sparse = sparsity(student, cfg.prune.include_linear)
-    result = {
-        "val_acc": measure.accuracy(student, dd.eval_batches("val", eval_bs),
-                                    autocast_bf16=bf16),
-        "test_acc": measure.accuracy(student, dd.eval_batches("test", eval_bs),
-                                     autocast_bf16=bf16),
-        "teacher_val_acc": teacher.val_acc if teacher is not None else None,
-        "teacher_test_acc": teacher.test_acc if teacher is not None else None,
-        **sparse, **measure.count_params(student), **measure.model_size_mb(student),
-        "flops": flops,
-        # the cut in prune.ratio's own unit: channels removed, or weights zeroed
-        "prune_ratio_achieved": (prune_cut or 0.0) if cfg.prune.method == "channel"
-        else sparse["sparsity_pruned"],
-        "arch_signature": architecture_signature(student, cfg.student.arch, cfg.student.stem,
-                                                 dd.input_size),
-        "epochs_trained": total_epochs, "teacher_cache": cache_mode,
-        "kd_method": distiller.method, "kd_feature_weight": distiller.feature_weight,
-        "kd_dkd_warmup_epochs": distiller.dkd_warmup,
-        "view_cache_build_s": getattr(teacher, "views_build_s", None),
-        "teacher_train_s": getattr(teacher, "train_s", None),
-        "train_step_ms": 1000 * float(np.median(step_s)) if step_s else None,
-        **_epoch_timing(history),
-        "device": measure.device_label(device), "precision": precision,
-        "channels_last": channels_last, "dataset_label": split.label,
-    }
-    if cfg.measure.latency:
-        m = cfg.measure
-        result.update(measure.measure_speed(
-            student, device, input_size=dd.input_size, batch=m.throughput_batch,
-            warmup=m.warmup, runs=m.runs, threads=m.cpu_threads if device.type == "cpu"
-            else None, bf16=bf16, channels_last=channels_last))
-    result["wall_s"] = time.perf_counter() - t_start
-    if checkpoint_dir:  # final weights beside the resume checkpoint, before the last report
-        save_student(student, Path(checkpoint_dir) / STUDENT, cfg.student.arch,
-                     cfg.student.stem)
-    if report is not None:
-        report({**history[-1], **result, "final": True})
-    result["history"] = history
-    result["model"] = student
-    return result
+        ckpt_path = Path(checkpoint_dir) / CKPT if checkpoint_dir else None
+        if ckpt_path:
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        eval_bs = cfg.train.eval_batch_size
+        # Parameter counts and sizes change only when pruning does. Measuring them every epoch cost
+        # more than a fast GPU epoch's training (zlib over the state dict: ~240 ms for
+        # mobilenet_v3_small on a 2-core CPU); they are measured at the start and after pruning,
+        # and still reported every epoch, since a multi-objective search reads them from any report.
+        sizes = None
+        last_ckpt = time.perf_counter()
+        for epoch in range(start_epoch, total_epochs + 1):
+            if epoch == cfg.train.epochs + 1 and phase == "train":
+                phase = "finetune"
+                prune_now()
+                sizes = None
+                opt, sched = new_phase("finetune")
+            lr = opt.param_groups[0]["lr"]
+            t0 = time.perf_counter()
+            distiller.epoch = epoch
+            loss, n_steps = train_epoch(student, dd, opt, sched, cfg.train.batch_size,
+                                        cfg.seed * 100_003 + epoch, distiller.loss, bf16=bf16)
+            t_train = time.perf_counter()
+            step_s.append((t_train - t0) / n_steps)
+            val = measure.accuracy(student, dd.eval_batches("val", eval_bs), autocast_bf16=bf16)
+            t_val = time.perf_counter()
+            if sizes is None:
+                sizes = {**measure.count_params(student), **measure.model_size_mb(student)}
+            row = {"epoch": epoch, "phase": phase, "val_acc": val, "train_loss": loss, "lr": lr,
+                   "flops": flops, **sizes, "train_s": t_train - t0, "val_s": t_val - t_train}
+            history.append(row)
+            # A resume checkpoint every epoch, or, with checkpoint_every_s, once that long has
+            # passed (a sweep: on a GPU an epoch takes a second, and each checkpoint a trial hands
+            # Tune also forces a whole experiment snapshot), and always on entering the fine-tune
+            # and at the last epoch. row["checkpoint_saved"] tells the report whether there is a
+            # new one to hand over.
+            row["checkpoint_saved"] = bool(ckpt_path) and (
+                time.perf_counter() - last_ckpt >= checkpoint_every_s or epoch == total_epochs
+                or (phase == "finetune" and epoch == cfg.train.epochs + 1))
+            if row["checkpoint_saved"]:
+                last_ckpt = time.perf_counter()
+                _save_ckpt(ckpt_path, {
+                    "config_hash": chash, "epoch": epoch, "phase": phase, "history": history,
+                    "step_s": step_s, "model": student.state_dict(), "prune_cut": prune_cut,
+                    "distiller": distiller.state_dict(),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+            log(f"epoch {epoch}/{total_epochs} [{phase}] loss {loss:.4f} val_acc {val:.2%} "
+                f"lr {lr:.3g} ({(time.perf_counter() - t0):.1f}s)")
+            # The last epoch is reported after pruning and measuring, merged with the final
+            # metrics: a scheduler may stop a trial at its last report, and the final numbers
+            # must be in the report that the searcher reads.
+            if report is not None and epoch < total_epochs:
+                report(dict(row))
+            # Everything in the epoch that is neither training nor validation: sizes, checkpoint,
+            # the report (which, under Ray Tune, persists the checkpoint to the run folder).
+            # Known only after the report, so it lands in the history, not in that report.
+            row["bookkeeping_ms"] = 1000 * (time.perf_counter() - t_val)
+
+        if cfg.prune.ratio > 0 and phase == "train":
+            prune_now()  # ratio > 0 with no fine-tune epochs: prune and measure as is
+        distiller.close()  # the hooks go: the student (and a shared teacher) leave as they came
+        make_permanent(student)
+        sparse = sparsity(student, cfg.prune.include_linear)
+        result = {
+            "val_acc": measure.accuracy(student, dd.eval_batches("val", eval_bs),
+                                        autocast_bf16=bf16),
+            "test_acc": measure.accuracy(student, dd.eval_batches("test", eval_bs),
+                                         autocast_bf16=bf16),
+            "teacher_val_acc": teacher.val_acc if teacher is not None else None,
+            "teacher_test_acc": teacher.test_acc if teacher is not None else None,
+            **sparse, **measure.count_params(student), **measure.model_size_mb(student),
+            "flops": flops,
+            # the cut in prune.ratio's own unit: channels removed, or weights zeroed
+            "prune_ratio_achieved": (prune_cut or 0.0) if cfg.prune.method == "channel"
+            else sparse["sparsity_pruned"],
+            "arch_signature": architecture_signature(student, cfg.student.arch, cfg.student.stem,
+                                                     dd.input_size),
+            "epochs_trained": total_epochs, "teacher_cache": cache_mode,
+            "kd_method": distiller.method, "kd_feature_weight": distiller.feature_weight,
+            "kd_dkd_warmup_epochs": distiller.dkd_warmup,
+            "view_cache_build_s": getattr(teacher, "views_build_s", None),
+            "teacher_train_s": getattr(teacher, "train_s", None),
+            "train_step_ms": 1000 * float(np.median(step_s)) if step_s else None,
+            **_epoch_timing(history),
+            "device": measure.device_label(device), "precision": precision,
+            "channels_last": channels_last, "dataset_label": split.label,
+        }
+        if cfg.measure.latency:
+            m = cfg.measure
+            result.update(measure.measure_speed(
+                student, device, input_size=dd.input_size, batch=m.throughput_batch,
+                warmup=m.warmup, runs=m.runs, threads=m.cpu_threads if device.type == "cpu"
+                else None, bf16=bf16, channels_last=channels_last))
+        result["wall_s"] = time.perf_counter() - t_start
+        if checkpoint_dir:  # final weights beside the resume checkpoint, before the last report
+            save_student(student, Path(checkpoint_dir) / STUDENT, cfg.student.arch,
+                         cfg.student.stem)
+        if report is not None:
+            report({**history[-1], **result, "final": True})
+        result["history"] = history
+        result["model"] = student
+        return result
+    finally:
+        distiller.close()

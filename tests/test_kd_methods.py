@@ -76,15 +76,20 @@ def test_feature_weight_zero_is_logit_kd_exactly(tiny_raw):
 
 
 def test_feature_methods_run_the_teacher_online_on_the_students_batch(tiny_raw, monkeypatch):
-    """The teacher sees exactly the student's augmented pixels, every step."""
+    """The teacher sees exactly the student's augmented pixels, every step, and no view
+    cache is built."""
     tiny_raw["kd"]["method"] = "attention"
     seen = []
-    real = distill.Distiller.loss
+    real_loss = distill.Distiller.loss
 
     def spy(self, logits, idx, x, y, view):
-        out = real(self, logits, idx, x, y, view)
-        t_in = self._t_tap.out  # filled by the teacher forward inside loss
-        assert t_in, "teacher features missing"
+        fed = []
+        hook = self.teacher.model.register_forward_pre_hook(lambda m, a: fed.append(a[0]))
+        try:
+            out = real_loss(self, logits, idx, x, y, view)
+        finally:
+            hook.remove()
+        assert len(fed) == 1 and torch.equal(fed[0], x)
         seen.append(x.shape[0])
         return out
 
@@ -101,7 +106,8 @@ def test_feature_methods_run_the_teacher_online_on_the_students_batch(tiny_raw, 
     monkeypatch.setattr("kdtune.trial.prepare_teacher", prepare)
     r = run_trial(trial_config(tiny_raw), **quiet)
     assert calls == [False]  # no view cache built for a feature method
-    assert r["teacher_cache"] == "none" and seen
+    assert r["teacher_cache"] == "none"
+    assert sum(seen) == 2 * 200  # every training image of both epochs (300 - 100 val)
 
 
 def test_dkd_reads_the_view_cache(tiny_raw):
@@ -117,6 +123,7 @@ def test_dkd_warmup_ramps_the_term_in(tiny_raw, monkeypatch):
     cfg = trial_config(tiny_raw)
     assert cfg.kd.resolved_dkd_warmup(cfg.train.epochs) == 4
     assert KDConfig(method="dkd").resolved_dkd_warmup(240) == 20  # the paper's ratio
+    assert KDConfig(method="dkd").resolved_dkd_warmup(30) == 3  # 2.5 rounds up
     assert KDConfig(method="dkd").resolved_dkd_warmup(3) == 1
     assert KDConfig(method="logit").resolved_dkd_warmup(30) is None
     monkeypatch.setattr(distill, "dkd_loss", lambda *a: torch.tensor(8.0))
@@ -145,32 +152,89 @@ def test_fitnets_resume_continues_exactly_with_its_regressor(tiny_raw, tmp_path,
     assert resumed["test_acc"] == full["test_acc"]
 
 
-def test_fitnets_regressor_is_rebuilt_for_the_pruned_width(tiny_raw):
-    cfg = trial_config({**tiny_raw, "kd": {"method": "fitnets"},
-                        "teacher": {"arch": "resnet8"}})
-    teacher = type("T", (), {"model": create_model("resnet8"), "views": None})()
-    student = create_model("cnn4")
-    d = distill.Distiller(cfg, teacher, "none", torch.device("cpu"), bf16=False, input_size=32,
-                          channels_last=False)
-    d.attach(student)
-    assert (d.regressor[0].in_channels, d.regressor[0].out_channels) == (96, 64)
+def _randomise_norms(model):
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t in (m.weight.data, m.bias.data, m.running_mean):
+                t.copy_(torch.randn(t.shape, generator=g))
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("arch", ["cnn4", "resnet20", "mobilenet_v3_small"])
+def test_fitnets_regressor_is_rebuilt_for_the_pruned_width(tiny_raw, arch):
+    """Channel pruning narrows the student's last stage: the regressor follows, and each
+    surviving channel keeps its trained column (MobileNetV3's hidden classifier layer is cut
+    too, so the match cannot use the classifier)."""
+    from kdtune.distill import _channel_stats
     from kdtune.prune import prune_channels
 
+    cfg = trial_config({**tiny_raw, "kd": {"method": "fitnets"}, "student": {"arch": arch},
+                        "teacher": {"arch": "resnet8"}})
+    teacher = type("T", (), {"model": create_model("resnet8"), "views": None})()
+    student = create_model(arch).eval()
+    _randomise_norms(student)  # trained statistics: each channel's are its own
+    logs = []
+    d = distill.Distiller(cfg, teacher, "none", torch.device("cpu"), bf16=False, input_size=32,
+                          channels_last=False, log=logs.append)
+    d.attach(student)
+    last = feature_stages(arch, student)[-1]
+    width = _channel_stats(student, last).shape[0]
+    assert (d.regressor[0].in_channels, d.regressor[0].out_channels) == (width, 64)
+    with torch.no_grad():
+        d.regressor[0].weight.normal_()
     old = d.regressor[0].weight.detach().clone()
-    fc_before = student.fc.weight.detach().clone()
+    stats_before = _channel_stats(student, last).detach().clone()
     d.before_prune(student)
     prune_channels(student, 0.5, torch.zeros(1, 3, 32, 32), "global", 8)
     d.attach(student)
-    assert d.regressor[0].in_channels == student.fc.in_features < 96
-    # each surviving channel keeps its regressor column
-    for j in range(student.fc.in_features):
-        i = next(i for i in range(96) if torch.equal(fc_before[:, i], student.fc.weight[:, j]))
+    stats_after = _channel_stats(student, last).detach()
+    assert d.regressor[0].in_channels == stats_after.shape[0] < width
+    for j in range(stats_after.shape[0]):
+        i = next(i for i in range(width) if torch.equal(stats_before[i], stats_after[j]))
         assert torch.equal(d.regressor[0].weight[:, j], old[:, i])
+    assert not logs
+    student.train()
     logits = student(torch.randn(4, 3, 32, 32))
     loss = d.loss(logits, None, torch.randn(4, 3, 32, 32), torch.arange(4), None)
     loss.backward()
     assert d.regressor[0].weight.grad is not None
     d.close()
+
+
+def test_fitnets_regressor_that_cannot_be_matched_starts_afresh_and_says_so(tiny_raw):
+    from kdtune.prune import prune_channels
+
+    cfg = trial_config({**tiny_raw, "kd": {"method": "fitnets"}})
+    teacher = type("T", (), {"model": create_model("cnn4"), "views": None})()
+    student = create_model("cnn4")  # untrained: every norm is (1, 0, 0, 1), nothing to match
+    logs = []
+    d = distill.Distiller(cfg, teacher, "none", torch.device("cpu"), bf16=False, input_size=32,
+                          channels_last=False, log=logs.append)
+    d.attach(student)
+    d.before_prune(student)
+    prune_channels(student, 0.5, torch.zeros(1, 3, 32, 32), "global", 8)
+    d.attach(student)
+    assert d.regressor[0].in_channels < 96
+    assert logs and "regressor starts afresh" in logs[0]
+
+
+def test_hooks_come_off_a_handed_in_teacher_even_when_the_trial_fails(tiny_raw):
+    from kdtune.config import trial_config as tc
+    from kdtune.data import DeviceData, load_split
+    from kdtune.teacher import prepare_teacher
+
+    cfg = tc({**tiny_raw, "kd": {"method": "attention"}})
+    split = load_split(cfg.data, cfg.cache_dir)
+    teacher = prepare_teacher(cfg, split, DeviceData(split, torch.device("cpu")), False,
+                              log=lambda m: None)
+
+    def boom(row):
+        raise RuntimeError("node lost")
+
+    with pytest.raises(RuntimeError, match="node lost"):
+        run_trial(cfg, report=boom, split=split, teacher=teacher, **quiet)
+    assert not any(m._forward_hooks for m in teacher.model.modules())
 
 
 # --- what the config accepts -----------------------------------------------------------------
@@ -195,7 +259,10 @@ def test_baselines_give_each_method_a_kd_twin_and_no_grid_duplicates(tmp_path):
     assert n_trials(sw) == 2 + 3
     grid = text.replace("type: choice", "type: grid").replace(
         "  num_samples: 2", "  num_samples: 2\n  sampler: grid")
+    # under ASHA a grid point may be stopped, a baseline never: the twins stay
     sw = load_sweep_config(_write(tmp_path, grid))
+    assert len(baseline_configs(sw)) == 3
+    sw = load_sweep_config(_write(tmp_path, grid + "  scheduler: fifo\n"))
     assert [r["kd.alpha"] for r in baseline_configs(sw)] == [0.0]  # twins = the grid points
     assert n_trials(sw) == 2 + 1
 
@@ -267,6 +334,13 @@ def test_sweep_method_keys_apply_to_their_methods_trials(tmp_path):
                                           r"attention / fitnets"):
         load_sweep_config(_write(tmp_path, views.replace("{KD}", "{}").replace(
             "{SPACE}", "    kd.method: {type: choice, values: [fitnets, attention]}")))
+    # alpha 0 in the base, but baseline: true runs a fitnets KD twin
+    with pytest.raises(KDTuneError, match=r"^teacher.cache: views cannot serve"):
+        load_sweep_config(_write(tmp_path, views.replace("{KD}", "{method: fitnets, alpha: 0}")
+                                 .replace("{SPACE}", "    kd.temperature: {type: choice, "
+                                          "values: [2, 4]}")
+                                 .replace("  num_samples: 2", "  num_samples: 2\n"
+                                          "  baseline: true")))
 
 
 # --- method x architecture ---------------------------------------------------------------------
@@ -281,7 +355,7 @@ def test_every_registry_model_names_its_stages(arch):
     assert [s[1] for s in shapes] == sorted((s[1] for s in shapes), reverse=True)
     # the last stage is the map the classifier pools: its channels feed the classifier
     last_linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][0]
-    assert shapes[-1][0] == last_linear.in_features or arch == "mobilenet_v3_small"
+    assert shapes[-1][0] == last_linear.in_features
 
 
 def test_attention_pairs_deepest_stages_and_drops_1x1():

@@ -75,9 +75,9 @@ def teacher_configs(sw: SweepConfig, base: dict) -> list[TrialConfig]:
 
 
 def baseline_configs(sw: SweepConfig) -> list[dict]:
-    """For each student arch x stem the space can produce, two fixed runs of the base config,
-    never stopped early: alpha = 0 (no KD) and its KD twin (the base alpha; 0.9 if the base
-    has none). Equal in everything but alpha, seeds included, they are the like-for-like KD vs
+    """For each student arch x stem the space can produce, fixed runs of the base config, never
+    stopped early: alpha = 0 (no KD) and its KD twin (the base alpha; 0.9 if the base has
+    none), one twin per method when kd.method is searched. Equal in everything but alpha, seeds included, they are the like-for-like KD vs
     no-KD comparison: a searched KD side against one untuned no-KD run is not."""
     if not sw.search.baseline:
         return []
@@ -93,8 +93,10 @@ def baseline_configs(sw: SweepConfig) -> list[dict]:
     # comparison (kd.alpha is inert for dkd; 0 alone switches distillation off)
     methods = _values(sw.space[METHOD_KEY]) if METHOD_KEY in sw.space else [None]
     # A grid that already runs a twin's exact config (a grid over kd.method alone, say) needs
-    # no second copy: the grid point pairs with the no-KD run just as well.
-    grid = _grid_configs(sw) if sw.search.sampler == "grid" else []
+    # no second copy: the grid point pairs with the no-KD run just as well. Under fifo only:
+    # ASHA may stop a grid point, never a baseline.
+    grid = _grid_configs(sw) if sw.search.sampler == "grid" and sw.search.scheduler == "fifo" \
+        else []
     out = []
     for a in arch:
         for s in stems:

@@ -334,9 +334,11 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
         probe = trial_cfg(base, {"kd.method": (logit_methods or methods)[0]})
         if probe.kd.alpha == 0:
             probe.kd.alpha = 0.5
+        # only the trials that can read the cache count toward paying for it: the logit
+        # methods' share of the searched methods (every trial when none is searched)
+        cache_epochs = planned * sw.base.train.epochs * len(logit_methods) / len(methods)
         cache_mode = "views" if logit_methods and sw.base.teacher.cache == "auto" and \
-            planned * sw.base.train.epochs > 162 else resolve_cache_mode(
-                probe, planned * sw.base.train.epochs)
+            cache_epochs > 162 else resolve_cache_mode(probe, cache_epochs)
         cache_note = cache_mode if len(logit_methods) == len(methods) else (
             "online teacher (feature methods)" if not logit_methods else
             f"{cache_mode} for {', '.join(logit_methods)}, online teacher for "
