@@ -681,6 +681,9 @@ def _front_scatter(data: _Data, x: str, front_col: str, x_label: str, title: str
                                      thickness=14, len=0.75, tickformat=".0%")),
         xaxis_title=_e(x_label),
         yaxis_title=f"{ACC_LABEL_INT8 if int8 else ACC_LABEL}, mean over seeds ± 95 % CI",
+        # latency, size and accuracy are never negative: a lone x value or a 2-seed CI bar
+        # must not stretch an axis below 0
+        xaxis_rangemode="nonnegative", yaxis_rangemode="nonnegative",
     )
     return fig
 
@@ -1285,7 +1288,7 @@ def _pair_figure(data: _Data, pairs: list[dict], x_labels: list[str], names: tup
     pad = max(0.5, 0.12 * (hi - lo))
     fig.update_layout(scattermode="group", scattergap=0.6,
                       yaxis=dict(title="test accuracy (%), mean ± 95 % CI",
-                                 range=[lo - pad, hi + pad]),
+                                 range=[max(lo - pad, 0.0), min(hi + pad, 100.0)]),
                       xaxis=dict(type="category", automargin=True, tickangle=0))
     return fig
 
