@@ -437,22 +437,30 @@ def trial_config(raw: dict | None = None, overrides: list[tuple[str, Any]] | Non
     return _check_trial(build(TrialConfig, raw))
 
 
+SEARCHED = object()  # check_kd_keys: a key the sweep searches (no single value)
+
+
 def check_kd_keys(methods: set[str], given: dict[str, Any], where: str = "") -> None:
     """Refuse kd keys written for a method the config never runs. `methods`: every kd.method
-    the config (or sweep) can run; `given`: the kd keys the user wrote -> value (None: a
+    the config (or sweep) can run; `given`: the kd keys the user wrote -> value (SEARCHED: a
     searched key). In a sweep that searches kd.method they apply to the trials of their method
-    and are inert in the others, as kd.temperature is at kd.alpha 0."""
+    and are inert in the others, as kd.temperature is at kd.alpha 0. A key at its default
+    changes nothing and passes: a resolved config (a run's stored sweep.yaml, every key written
+    out) reads back as it was written."""
+    defaults = KDConfig()
     for key, value in given.items():
+        if value is not SEARCHED and value == getattr(defaults, key, SEARCHED):
+            continue
         applies = KD_METHOD_KEYS.get(key)
         if applies and not set(applies) & methods:
             raise KDTuneError(f"{where}kd.{key}: applies to kd.method: "
                               f"{' or '.join(applies)} only; this config runs "
                               f"{', '.join(sorted(methods))}")
-    if methods == {"dkd"} and "alpha" in given and given["alpha"] != 0:
-        raise KDTuneError(f"{where}kd.alpha: not used by kd.method: dkd (its loss is CE + "
-                          "warmup x (kd.dkd_alpha x TCKD + kd.dkd_beta x NCKD)); set "
-                          "kd.dkd_alpha / kd.dkd_beta, or kd.alpha: 0 alone for the no-KD "
-                          "baseline")
+        if key == "alpha" and methods == {"dkd"} and value != 0:
+            raise KDTuneError(f"{where}kd.alpha: not used by kd.method: dkd (its loss is CE + "
+                              "warmup x (kd.dkd_alpha x TCKD + kd.dkd_beta x NCKD)); set "
+                              "kd.dkd_alpha / kd.dkd_beta, or kd.alpha: 0 alone for the no-KD "
+                              "baseline")
 
 
 def check_teacher_cache(methods: set[str], cache: str, alpha: float) -> None:
@@ -578,7 +586,8 @@ def sweep_config(raw: dict, overrides=None, default_name: str = "sweep") -> Swee
         space[key] = spec
     methods = set(space["kd.method"].values) if "kd.method" in space else {base.kd.method}
     check_kd_keys(methods, _given_kd(raw, None))
-    check_kd_keys(methods, {k[3:]: None for k in space if k.startswith("kd.")}, "search.space.")
+    check_kd_keys(methods, {k[3:]: SEARCHED for k in space if k.startswith("kd.")},
+                  "search.space.")
     # a searched alpha, or baseline: true (its KD twins), has KD trials whatever the base says
     check_teacher_cache(methods, base.teacher.cache, 1.0 if "kd.alpha" in space
                         or search.baseline else base.kd.alpha)

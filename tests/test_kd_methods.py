@@ -290,6 +290,10 @@ def test_trial_config_accepts_each_methods_own_keys(tmp_path):
     assert cfg.kd.resolved_feature_weight() == 5.0
     with pytest.raises(KDTuneError, match="kd.alpha: not used by kd.method: dkd"):
         load_trial_config(_write(tmp_path, "kd: {alpha: 0.5}\n"), overrides=[("kd.method", "dkd")])
+    # every key at its default, as a run's resolved config writes them: changes nothing
+    load_trial_config(_write(tmp_path, "kd: {method: logit, alpha: 0.9, feature_weight: null, "
+                                       "dkd_alpha: 1.0, dkd_beta: 8.0, dkd_warmup: null}\n"))
+    load_trial_config(_write(tmp_path, "kd: {method: dkd, alpha: 0.9}\n"))
 
 
 SWEEP = """
@@ -438,6 +442,8 @@ def test_one_sweep_mixes_methods_each_with_the_teacher_it_needs(tmp_path):
     assert len(no_kd) == 1 and no_kd["teacher_cache"].iloc[0] == "none"
     teachers = json.loads((out / "teachers.json").read_text())
     assert len(teachers) == 1 and teachers[0]["view_cache"]
+    # the run's resolved sweep.yaml (every kd key written out) reads back as a sweep
+    assert load_sweep_config(out / "sweep.yaml").space["kd.method"].values[-1] == "dkd"
 
 
 def test_bench_times_each_method_against_logit_kd_on_the_view_cache(tiny_raw):
