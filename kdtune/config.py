@@ -31,6 +31,7 @@ TEACHER_CACHES = ("views", "none", "auto")
 # feature maps, so the teacher runs online on the student's batch.
 KD_METHODS = ("logit", "fitnets", "attention", "dkd")
 FEATURE_METHODS = ("fitnets", "attention")
+LOGIT_METHODS = ("logit", "dkd")
 # kd.feature_weight when not set: mdistiller's CIFAR weights for these exact loss forms
 # (FitNets' hint MSE 100; attention transfer 1000, the paper's beta = 1e3)
 FEATURE_WEIGHT_DEFAULTS = {"fitnets": 100.0, "attention": 1000.0}

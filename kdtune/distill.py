@@ -39,13 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FEATURE_METHODS, KDConfig, TrialConfig
+from .config import FEATURE_METHODS, LOGIT_METHODS, KDConfig, TrialConfig
 from .errors import KDTuneError
-from .losses import at_loss, dkd_loss, kd_loss
+from .losses import at_loss, dkd_loss, kd_loss, resize_map
 from .models import create_model, feature_stages
-
-LOGIT_METHODS = ("logit", "dkd")
-
 
 def teacher_mode(cfg: TrialConfig, sweep_mode: str) -> str:
     """How this trial gets its teacher: "views" (the view cache), "none" (the teacher model
@@ -152,14 +149,6 @@ def check_method(cfg: TrialConfig, input_size: int | None = None) -> None:
             f"stage ends at 1x1 (student {[s[1:] for s in shapes[0]]}, teacher "
             f"{[s[1:] for s in shapes[1]]}), where an attention map is a constant with no "
             "gradient; use stem: cifar, data.resize, or kd.method: fitnets/logit/dkd")
-
-
-def _resize_to(f: torch.Tensor, size) -> torch.Tensor:
-    if tuple(f.shape[-2:]) == tuple(size):
-        return f
-    if f.shape[-2] >= size[0] and f.shape[-1] >= size[1]:
-        return F.adaptive_avg_pool2d(f, size)
-    return F.interpolate(f, size=size, mode="bilinear", align_corners=False)
 
 
 def _channel_stats(model: nn.Module, stage: str) -> torch.Tensor:
@@ -310,7 +299,7 @@ class Distiller:
         if self.method == "fitnets":
             hint = self.regressor(f_s[-1].float())
             target = f_t[-1].float()
-            feat = F.mse_loss(_resize_to(hint, target.shape[-2:]), target)
+            feat = F.mse_loss(resize_map(hint, target.shape[-2:]), target)
         else:
             feat = at_loss([f_s[i] for i, _ in self.pairs], [f_t[j] for _, j in self.pairs])
         return base + self.feature_weight * feat

@@ -58,20 +58,26 @@ def kd_loss(
     return alpha * t * t * soft + (1 - alpha) * hard
 
 
+def resize_map(f: torch.Tensor, size) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, *size): area averaging when it shrinks (``adaptive_avg_pool2d``,
+    every input position counts once), bilinear interpolation when it grows."""
+    if tuple(f.shape[-2:]) == tuple(size):
+        return f
+    if f.shape[-2] >= size[0] and f.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(f, size)
+    return F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+
+
 def attention_map(feature: torch.Tensor, p: float = 2.0,
                   size: tuple[int, int] | None = None) -> torch.Tensor:
     """``a(f)``: ``mean over channels of |f|^p``, resized to ``size`` if given, flattened per
     sample and L2-normalised: (N, C, H, W) -> (N, H*W).
 
-    Resizing acts on the 2-D map: area averaging when it shrinks (``adaptive_avg_pool2d``, every
-    input position counts once) and bilinear interpolation when it grows.
+    Resizing (:func:`resize_map`) acts on the 2-D map.
     """
     amap = feature.float().abs().pow(p).mean(dim=1, keepdim=True)
-    if size is not None and tuple(amap.shape[-2:]) != tuple(size):
-        if amap.shape[-2] >= size[0] and amap.shape[-1] >= size[1]:
-            amap = F.adaptive_avg_pool2d(amap, size)
-        else:
-            amap = F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
+    if size is not None:
+        amap = resize_map(amap, size)
     return F.normalize(amap.flatten(1), dim=1)
 
 

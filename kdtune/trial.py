@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from . import measure
-from .config import TrialConfig, check_teacher_cache
+from .config import LOGIT_METHODS, TrialConfig, check_teacher_cache
 from .data import DeviceData, Split, load_split, num_views
 from .errors import KDTuneError
-from .distill import LOGIT_METHODS, Distiller, check_method, teacher_mode
+from .distill import Distiller, check_method, teacher_mode
 from .models import architecture_signature, create_model, rebuild_student, save_student
 from .prune import apply_pruning, make_permanent, prune_channels, sparsity
 from .storage import atomic_path

@@ -17,9 +17,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..config import load_sweep_config
+from ..config import LOGIT_METHODS, load_sweep_config
 from ..data import load_split
-from ..distill import LOGIT_METHODS
 from ..errors import KDTuneError
 from ..export import resolve as resolve_onnx
 from ..storage import RAY_DIR, RunStore
