@@ -157,7 +157,7 @@ def bench_methods(cfg, teacher, student, batches, device, *, bf16: bool, channel
     teacher each method needs), relative to logit KD reading the view cache."""
     rows = []
     for method, mode in (("logit", "views"), ("dkd", "views"), ("logit", "none"),
-                         ("fitnets", "none"), ("attention", "none")):
+                         ("fitnets", "none"), ("attention", "none"), ("cosine", "none")):
         raw = cfg.to_dict()
         raw["kd"]["method"] = method
         mcfg = trial_config(raw)

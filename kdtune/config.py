@@ -29,12 +29,13 @@ TEACHER_CACHES = ("views", "none", "auto")
 # kd.method: what the student learns from the teacher (kdtune/distill.py, kdtune/losses.py).
 # Logit methods read the teacher's logits (the view cache serves them); feature methods need its
 # feature maps, so the teacher runs online on the student's batch.
-KD_METHODS = ("logit", "fitnets", "attention", "dkd")
-FEATURE_METHODS = ("fitnets", "attention")
+KD_METHODS = ("logit", "fitnets", "attention", "dkd", "cosine")
+FEATURE_METHODS = ("fitnets", "attention", "cosine")
 LOGIT_METHODS = ("logit", "dkd")
 # kd.feature_weight when not set: mdistiller's CIFAR weights for these exact loss forms
-# (FitNets' hint MSE 100; attention transfer 1000, the paper's beta = 1e3)
-FEATURE_WEIGHT_DEFAULTS = {"fitnets": 100.0, "attention": 1000.0}
+# (FitNets' hint MSE 100; attention transfer 1000, the paper's beta = 1e3); cosine 1, the
+# weight of a term in [0, 2] beside a CE of ~1 (the PyTorch KD tutorial mixes 0.25 : 0.75)
+FEATURE_WEIGHT_DEFAULTS = {"fitnets": 100.0, "attention": 1000.0, "cosine": 1.0}
 # keys that mean something for some methods only: (key, the methods it applies to)
 KD_METHOD_KEYS = {"feature_weight": FEATURE_METHODS, "dkd_alpha": ("dkd",),
                   "dkd_beta": ("dkd",), "dkd_warmup": ("dkd",)}
@@ -124,13 +125,15 @@ class TrainConfig:
 class KDConfig:
     method: str = _f("logit", choices=KD_METHODS,
                      doc="logit: Hinton KD; fitnets: + feature hints through a regressor; "
-                         "attention: + attention transfer; dkd: decoupled KD (README)")
+                         "attention: + attention transfer; dkd: decoupled KD; cosine: + "
+                         "cosine loss on the embeddings before the classifier (README)")
     temperature: float = _f(4.0, gt=0)
     alpha: float = _f(0.9, ge=0, le=1, doc="weight of the teacher's logit term (logit, "
                       "fitnets, attention); 0 turns distillation off for every method")
     label_smoothing: float = _f(0.05, ge=0, lt=1)
-    feature_weight: float | None = _f(None, ge=0, doc="fitnets/attention: weight of the "
-                                      "feature loss; default 100 (fitnets), 1000 (attention)")
+    feature_weight: float | None = _f(None, ge=0, doc="fitnets/attention/cosine: weight of "
+                                      "the feature loss; default 100 (fitnets), 1000 "
+                                      "(attention), 1 (cosine)")
     dkd_alpha: float = _f(1.0, ge=0, doc="dkd: weight of TCKD (target vs non-target)")
     dkd_beta: float = _f(8.0, ge=0, doc="dkd: weight of NCKD (among non-target classes)")
     dkd_warmup: int | None = _f(None, ge=0, doc="dkd: epochs over which the DKD term ramps "
@@ -455,7 +458,7 @@ def check_kd_keys(methods: set[str], given: dict[str, Any], where: str = "") -> 
         applies = KD_METHOD_KEYS.get(key)
         if applies and not set(applies) & methods:
             raise KDTuneError(f"{where}kd.{key}: applies to kd.method: "
-                              f"{' or '.join(applies)} only; this config runs "
+                              f"{', '.join(applies)} only; this config runs "
                               f"{', '.join(sorted(methods))}")
         if key == "alpha" and methods == {"dkd"} and value != 0:
             raise KDTuneError(f"{where}kd.alpha: not used by kd.method: dkd (its loss is CE + "

@@ -150,9 +150,9 @@ PERCENT_METRICS = {k for k, (_, unit) in METRIC_LABELS.items() if unit == "%"}
 
 #: How each distillation method is named in charts and tables (NO_KD: kd.alpha = 0).
 METHOD_NAMES = {"logit": "logit KD", "fitnets": "FitNets", "attention": "attention transfer",
-                "dkd": "DKD", NO_KD: "no KD (α = 0)"}
+                "dkd": "DKD", "cosine": "cosine embedding", NO_KD: "no KD (α = 0)"}
 #: The method's prefix in a config label; logit KD has none (its labels predate kd.method).
-METHOD_PREFIX = {"fitnets": "FitNets", "attention": "AT", "dkd": "DKD"}
+METHOD_PREFIX = {"fitnets": "FitNets", "attention": "AT", "dkd": "DKD", "cosine": "cos"}
 
 ARCH_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 SYMBOLS = ["circle", "square", "diamond", "triangle-up", "pentagon", "hexagon", "star"]

@@ -5,6 +5,7 @@
     attention  logit + feature_weight * sum_j AT(f_s_j, f_t_j) (Zagoruyko & Komodakis 2017)
     dkd        CE' + min(epoch / warmup, 1) * (dkd_alpha * TCKD + dkd_beta * NCKD)
                                                               (Zhao et al. 2022)
+    cosine     logit + feature_weight * mean(1 - cos(P(h_s), h_t)) (PyTorch KD tutorial)
 
 CE' is cross-entropy with kd.label_smoothing; "logit" is the first line with kd.alpha. kd.alpha
 = 0 turns distillation off for every method: plain CE', no teacher at all (the no-KD baseline).
@@ -41,8 +42,12 @@ from torch import nn
 
 from .config import FEATURE_METHODS, LOGIT_METHODS, KDConfig, TrialConfig
 from .errors import KDTuneError
-from .losses import at_loss, dkd_loss, kd_loss, resize_map
+from .losses import at_loss, cosine_loss, dkd_loss, kd_loss, resize_map
 from .models import create_model, feature_stages
+from .prune import output_layer
+
+# methods that read feature maps at the registry's stages (cosine reads the classifier's input)
+STAGE_METHODS = ("fitnets", "attention")
 
 def teacher_mode(cfg: TrialConfig, sweep_mode: str) -> str:
     """How this trial gets its teacher: "views" (the view cache), "none" (the teacher model
@@ -54,23 +59,32 @@ def teacher_mode(cfg: TrialConfig, sweep_mode: str) -> str:
 
 
 class FeatureTap:
-    """Keeps the last output of each named module (forward hooks), for one network.
+    """Keeps the last output of each named module (forward hooks), for one network; with
+    `inputs`, the first input instead (a forward pre-hook: the classifier's input).
 
     `training_only`: record only forwards in training mode (the student's steps, not its
     validation passes, whose 1024-image maps would otherwise stay alive until the next step).
     `take()` hands the maps over and forgets them, so none outlives the step that used it."""
 
-    def __init__(self, model: nn.Module, names: list[str], training_only: bool = False):
+    def __init__(self, model: nn.Module, names: list[str], training_only: bool = False,
+                 inputs: bool = False):
         modules = dict(model.named_modules())
         self.names = names
         self.training_only = training_only
         self.out: dict[str, torch.Tensor] = {}
-        self._hooks = [modules[n].register_forward_hook(self._keep(n)) for n in names]
+        self._hooks = [modules[n].register_forward_pre_hook(self._keep_input(n)) if inputs
+                       else modules[n].register_forward_hook(self._keep(n)) for n in names]
 
     def _keep(self, name: str):
         def hook(module, inputs, output):
             if module.training or not self.training_only:
                 self.out[name] = output
+        return hook
+
+    def _keep_input(self, name: str):
+        def hook(module, inputs):
+            if module.training or not self.training_only:
+                self.out[name] = inputs[0]
         return hook
 
     def features(self) -> list[torch.Tensor]:
@@ -126,7 +140,7 @@ def check_method(cfg: TrialConfig, input_size: int | None = None) -> None:
     """Refuse a kd.method x architecture pair that cannot work, before anything trains: a
     feature method on a model without registered stages, or attention transfer where every
     stage pair ends at 1x1. Builds both networks on the CPU (untrained) to read their shapes."""
-    if cfg.kd.alpha == 0 or cfg.kd.method not in FEATURE_METHODS:
+    if cfg.kd.alpha == 0 or cfg.kd.method not in STAGE_METHODS:
         return
     size = input_size or cfg.data.resize or 32
     shapes = []
@@ -180,6 +194,21 @@ def _kept_channels(before: torch.Tensor | None, after: torch.Tensor) -> torch.Te
     return eq.float().argmax(1)
 
 
+def _kept_columns(before: torch.Tensor | None, after: torch.Tensor) -> torch.Tensor | None:
+    """Index in `before` of each column of `after` (the classifier: pruning slices its input
+    columns and never its outputs); None if some column has no unique match."""
+    if before is None or before.shape[0] != after.shape[0]:
+        return None
+    eq = (after.T[:, None, :].to(before.device) == before.T[None, :, :]).all(-1)
+    if not bool((eq.sum(1) == 1).all()):
+        return None
+    return eq.float().argmax(1)
+
+
+def _name_of(model: nn.Module, module: nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if m is module)
+
+
 def make_regressor(c_student: int, c_teacher: int) -> nn.Module:
     """FitNets' regressor: 1x1 conv + BN, student channels -> teacher channels."""
     conv = nn.Conv2d(c_student, c_teacher, 1, bias=False)
@@ -211,9 +240,16 @@ class Distiller:
         self.epoch = 1
         self.regressor: nn.Module | None = None
         self._stats_before: torch.Tensor | None = None
+        # cosine: student width -> teacher width; None while they are equal (the identity)
+        self.projection: nn.Linear | None = None
+        self._classifier_before: torch.Tensor | None = None
         self.pairs: list[tuple[int, int]] = []
         self._s_tap = self._t_tap = None
-        if self.method in FEATURE_METHODS:
+        if self.method == "cosine":
+            head = output_layer(teacher.model)
+            self._t_width = head.in_features
+            self._t_tap = FeatureTap(teacher.model, [_name_of(teacher.model, head)], inputs=True)
+        elif self.method in STAGE_METHODS:
             t_names = feature_stages(self.t_arch, teacher.model)
             self._t_shapes = stage_shapes(teacher.model, t_names, input_size, device, bf16=bf16,
                                           channels_last=channels_last)
@@ -226,6 +262,9 @@ class Distiller:
             return
         if self._s_tap is not None:
             self._s_tap.close()
+        if self.method == "cosine":
+            self._attach_cosine(student)
+            return
         names = feature_stages(self.arch, student)
         s_shapes = stage_shapes(student, names, self.input_size, self.device, bf16=self.bf16,
                                 channels_last=self.channels_last)
@@ -252,21 +291,51 @@ class Distiller:
                 fmt = torch.channels_last if self.channels_last else torch.contiguous_format
                 self.regressor = self.regressor.to(self.device, memory_format=fmt)
 
+    def _attach_cosine(self, student: nn.Module) -> None:
+        """The student's embedding (its classifier's input) and the projection to the teacher's
+        width. Channel pruning narrows the embedding of a CIFAR ResNet (and MobileNetV3's
+        hidden layer): the projection keeps the columns of the surviving features, the identity
+        becoming its kept columns when the widths were equal."""
+        head = output_layer(student)
+        self._s_tap = FeatureTap(student, [_name_of(student, head)], training_only=True,
+                                 inputs=True)
+        d_s, d_t = head.in_features, self._t_width
+        current = self.projection.in_features if self.projection is not None else d_t
+        if d_s == current:
+            return  # equal widths (the identity), or pruning left the embedding alone
+        # widths differ: between the two networks (first attach), or pruning narrowed it
+        old = self.projection.weight.detach() if self.projection is not None \
+            else torch.eye(d_t, device=self.device)
+        kept = _kept_columns(self._classifier_before, head.weight.detach())
+        self.projection = nn.Linear(d_s, d_t, bias=False).to(self.device)
+        if kept is not None and len(kept) == d_s:
+            with torch.no_grad():
+                self.projection.weight.copy_(old[:, kept.to(old.device)])
+        elif self._classifier_before is not None:
+            self.log("cosine: the surviving embedding features could not be matched; the "
+                     "projection starts afresh for the fine-tune")
+
     def before_prune(self, student: nn.Module) -> None:
-        """Call right before channel pruning: what the regressor's rebuild matches against."""
+        """Call right before channel pruning: what the regressor's (or the projection's)
+        rebuild matches against."""
+        if self.method == "cosine":
+            self._classifier_before = output_layer(student).weight.detach().clone()
         if self.regressor is not None:
             name = feature_stages(self.arch, student)[-1]
             self._stats_before = _channel_stats(student, name).detach().clone()
 
     def extra_modules(self) -> list[nn.Module]:
-        return [self.regressor] if self.regressor is not None else []
+        return [m for m in (self.regressor, self.projection) if m is not None]
 
     def state_dict(self) -> dict:
-        return {"regressor": self.regressor.state_dict()} if self.regressor is not None else {}
+        return {name: m.state_dict() for name, m in (("regressor", self.regressor),
+                                                     ("projection", self.projection))
+                if m is not None}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.regressor is not None and state.get("regressor") is not None:
-            self.regressor.load_state_dict(state["regressor"])
+        for name, m in (("regressor", self.regressor), ("projection", self.projection)):
+            if m is not None and state.get(name) is not None:
+                m.load_state_dict(state[name])
 
     def close(self) -> None:
         for tap in (self._s_tap, self._t_tap):
@@ -296,6 +365,10 @@ class Distiller:
         if self.method == "logit":
             return base
         f_s, f_t = self._s_tap.take(), self._t_tap.take()
+        if self.method == "cosine":
+            h_s = f_s[0].float().flatten(1)
+            h_s = self.projection(h_s) if self.projection is not None else h_s
+            return base + self.feature_weight * cosine_loss(h_s, f_t[0].flatten(1))
         if self.method == "fitnets":
             hint = self.regressor(f_s[-1].float())
             target = f_t[-1].float()

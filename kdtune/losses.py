@@ -7,6 +7,9 @@ combines them with cross-entropy).
   arXiv:1612.03928 (:func:`at_loss`).
 * dkd: Zhao, Cui, Song, Qiu & Liang 2022, "Decoupled Knowledge Distillation", CVPR,
   arXiv:2203.08679 (:func:`dkd_loss`).
+* cosine: the hidden-state loss of the PyTorch knowledge-distillation tutorial
+  (pytorch.org/tutorials/beginner/knowledge_distillation_tutorial.html), ``nn.CosineEmbeddingLoss``
+  with target 1 (:func:`cosine_loss`).
 * fitnets: Romero et al. 2015, "FitNets: Hints for Thin Deep Nets", ICLR, arXiv:1412.6550; its
   hint loss is a plain mean squared error after a learned regressor, which lives with the
   regressor in kdtune/distill.py.
@@ -110,6 +113,15 @@ def at_loss(f_s: torch.Tensor | Sequence[torch.Tensor], f_t: torch.Tensor | Sequ
         term = (a_s - a_t).pow(2).mean()
         total = term if total is None else total + term
     return total
+
+
+def cosine_loss(h_s: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
+    """``mean over the batch of 1 - cos(h_s, h_t)``: the embeddings' directions agree, their
+    lengths are free. ``nn.CosineEmbeddingLoss`` with every target 1, as the PyTorch KD tutorial
+    uses it on the flattened hidden states; both (N, D) of the same width (a projection beside
+    the student makes them so, kdtune.distill). Float32, eps 1e-8 as in ``F.cosine_similarity``.
+    """
+    return (1 - F.cosine_similarity(h_s.float(), h_t.float(), dim=1, eps=1e-8)).mean()
 
 
 def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,

@@ -124,7 +124,7 @@ def test_pruned_kd_trial(raw, tmp_path, monkeypatch, scope, switches, precision,
     assert_exact_sparsity(fresh, 0.4, scope)  # the zeros survived fine-tuning and saving
 
 
-@pytest.mark.parametrize("method", ["fitnets", "attention", "dkd"])
+@pytest.mark.parametrize("method", ["fitnets", "attention", "dkd", "cosine"])
 def test_kd_methods_trial(raw, tmp_path, monkeypatch, method):
     """Feature methods' hooks, regressor and online teacher, and DKD, in bf16 + channels_last,
     channel pruning included (FitNets' regressor is rebuilt for the narrower last stage)."""

@@ -22,7 +22,7 @@ from kdtune.trial import run_trial
 quiet = dict(log=lambda m: None)
 
 
-@pytest.mark.parametrize("method", ["logit", "fitnets", "attention", "dkd"])
+@pytest.mark.parametrize("method", ["logit", "fitnets", "attention", "dkd", "cosine"])
 def test_each_method_runs_a_trial_end_to_end(tiny_raw, tmp_path, method):
     tiny_raw["kd"]["method"] = method
     if method == "dkd":
@@ -38,8 +38,9 @@ def test_each_method_runs_a_trial_end_to_end(tiny_raw, tmp_path, method):
     # logit methods on a lone 2-epoch trial: online is cheaper (teacher.cache auto); feature
     # methods are online whatever the cache would be
     assert r["teacher_cache"] == "none"
-    if method in ("fitnets", "attention"):
-        assert r["kd_feature_weight"] == {"fitnets": 100.0, "attention": 1000.0}[method]
+    if method in ("fitnets", "attention", "cosine"):
+        assert r["kd_feature_weight"] == {"fitnets": 100.0, "attention": 1000.0,
+                                          "cosine": 1.0}[method]
     else:
         assert r["kd_feature_weight"] is None
     assert r["kd_dkd_warmup_epochs"] == (1 if method == "dkd" else None)
@@ -139,9 +140,12 @@ def test_dkd_warmup_ramps_the_term_in(tiny_raw, monkeypatch):
         assert d.loss(logits, None, x, y, None).item() == pytest.approx(ce.item() + 8 * w)
 
 
+@pytest.mark.parametrize("method", ["fitnets", "cosine"])
 @pytest.mark.parametrize("stop_after", [1, 3])  # mid-training, and mid-fine-tune
-def test_fitnets_resume_continues_exactly_with_its_regressor(tiny_raw, tmp_path, stop_after):
-    tiny_raw["kd"]["method"] = "fitnets"
+def test_resume_continues_exactly_with_the_regressor_or_projection(tiny_raw, tmp_path,
+                                                                  stop_after, method):
+    tiny_raw["kd"]["method"] = method
+    tiny_raw["student"]["arch"] = "resnet8"  # 64-wide embedding vs cnn4's 96: a projection
     tiny_raw["train"]["epochs"] = 2
     tiny_raw["prune"] = {"ratio": 0.3, "finetune_epochs": 2, "method": "channel"}
     cfg = trial_config(tiny_raw)
@@ -237,6 +241,47 @@ def test_hooks_come_off_a_handed_in_teacher_even_when_the_trial_fails(tiny_raw):
     assert not any(m._forward_hooks for m in teacher.model.modules())
 
 
+@pytest.mark.parametrize("teacher_arch, width", [("cnn4", 96), ("resnet8", 64)])
+def test_cosine_projection_follows_the_pruned_embedding(tiny_raw, teacher_arch, width):
+    """resnet20's 64-wide embedding: against cnn4 (96) a learned projection from the start;
+    against resnet8 (64) none (the identity) until pruning narrows it. Either way the
+    surviving features keep their columns, the identity's included."""
+    from kdtune.prune import prune_channels
+
+    cfg = trial_config({**tiny_raw, "kd": {"method": "cosine"}, "student": {"arch": "resnet20"},
+                        "teacher": {"arch": teacher_arch}})
+    teacher = type("T", (), {"model": create_model(teacher_arch), "views": None})()
+    student = create_model("resnet20").eval()
+    _randomise_norms(student)
+    with torch.no_grad():
+        student.fc.weight.normal_()
+    d = distill.Distiller(cfg, teacher, "none", torch.device("cpu"), bf16=False, input_size=32,
+                          channels_last=False)
+    d.attach(student)
+    if width == 64:
+        assert d.projection is None and d.extra_modules() == []
+        old = torch.eye(64)
+    else:
+        assert (d.projection.in_features, d.projection.out_features) == (64, 96)
+        old = d.projection.weight.detach().clone()
+    fc_before = student.fc.weight.detach().clone()
+    d.before_prune(student)
+    prune_channels(student, 0.5, torch.zeros(1, 3, 32, 32), "global", 8)
+    d.attach(student)
+    n = student.fc.in_features
+    assert n < 64 and (d.projection.in_features, d.projection.out_features) == (n, width)
+    for j in range(n):
+        i = next(i for i in range(64) if torch.equal(fc_before[:, i], student.fc.weight[:, j]))
+        assert torch.equal(d.projection.weight[:, j], old[:, i])
+    student.train()
+    x = torch.randn(4, 3, 32, 32)
+    teacher.model.eval()
+    loss = d.loss(student(x), None, x, torch.arange(4), None)
+    loss.backward()
+    assert d.projection.weight.grad is not None
+    d.close()
+
+
 # --- what the config accepts -----------------------------------------------------------------
 
 
@@ -270,11 +315,12 @@ def test_baselines_give_each_method_a_kd_twin_and_no_grid_duplicates(tmp_path):
 @pytest.mark.parametrize("text,msg", [
     ("kd: {method: dkd, alpha: 0.5}\n", "kd.alpha: not used by kd.method: dkd"),
     ("kd: {method: logit, feature_weight: 10}\n",
-     "kd.feature_weight: applies to kd.method: fitnets or attention only"),
+     "kd.feature_weight: applies to kd.method: fitnets, attention, cosine only"),
     ("kd: {method: attention, dkd_beta: 2}\n", "kd.dkd_beta: applies to kd.method: dkd only"),
     ("kd: {method: fitnets}\nteacher: {cache: views}\n",
      "teacher.cache: views cannot serve kd.method: fitnets"),
-    ("kd: {method: crd}\n", "kd.method: got 'crd'; allowed: logit, fitnets, attention, dkd"),
+    ("kd: {method: crd}\n",
+     "kd.method: got 'crd'; allowed: logit, fitnets, attention, dkd, cosine"),
 ])
 def test_trial_config_refuses_keys_of_another_method(tmp_path, text, msg):
     with pytest.raises(KDTuneError, match=msg.replace("(", r"\(").replace(")", r"\)")):
@@ -456,6 +502,6 @@ def test_bench_times_each_method_against_logit_kd_on_the_view_cache(tiny_raw):
     report = bench_teacher(cfg, split, torch.device("cpu"), steps=2)
     rows = {(r["method"], r["teacher"]): r for r in report["methods"]}
     assert set(rows) == {("logit", "view cache"), ("dkd", "view cache"), ("logit", "online"),
-                         ("fitnets", "online"), ("attention", "online")}
+                         ("fitnets", "online"), ("attention", "online"), ("cosine", "online")}
     assert rows[("logit", "view cache")]["vs_logit_views"] == 1.0
     assert all(r["step_ms"] > 0 for r in rows.values())

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdtune.losses import at_loss, dkd_loss, kd_loss
+from kdtune.losses import at_loss, cosine_loss, dkd_loss, kd_loss
 
 STUDENT = [[1.0, 2.0, 0.5], [0.2, -1.0, 3.0]]
 TEACHER = [[2.0, 1.0, 0.0], [0.0, 0.5, 4.0]]
@@ -194,6 +194,22 @@ def test_at_loss_is_float32_under_bf16_inputs_and_differentiable():
     assert loss.dtype == torch.float32
     loss.backward()
     assert f_s.grad is not None and torch.isfinite(f_s.grad.float()).all()
+
+
+# --- cosine embedding (PyTorch KD tutorial) -----------------------------------------------------
+
+
+def test_cosine_loss_matches_torch_and_hand_value():
+    h_s = torch.tensor([[1.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
+    h_t = torch.tensor([[1.0, 1.0, 0.0], [0.0, -3.0, 0.0]])
+    # cos = 1/2 and -1: mean(1 - cos) = (0.5 + 2) / 2
+    assert cosine_loss(h_s, h_t).item() == pytest.approx(1.25, rel=1e-6)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
+    ref = torch.nn.CosineEmbeddingLoss()(a, b, torch.ones(8))
+    assert cosine_loss(a, b).item() == pytest.approx(ref.item(), rel=1e-6)
+    assert cosine_loss(a.bfloat16(), b).dtype == torch.float32
+    assert cosine_loss(a, 3 * a).item() == pytest.approx(0.0, abs=1e-6)  # length is free
 
 
 # --- decoupled KD (Zhao et al. 2022) -----------------------------------------------------------
