@@ -199,10 +199,7 @@ def _kept_columns(before: torch.Tensor | None, after: torch.Tensor) -> torch.Ten
     columns and never its outputs); None if some column has no unique match."""
     if before is None or before.shape[0] != after.shape[0]:
         return None
-    eq = (after.T[:, None, :].to(before.device) == before.T[None, :, :]).all(-1)
-    if not bool((eq.sum(1) == 1).all()):
-        return None
-    return eq.float().argmax(1)
+    return _kept_channels(before.T, after.T)
 
 
 def _name_of(model: nn.Module, module: nn.Module) -> str:
