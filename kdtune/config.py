@@ -31,6 +31,9 @@ TEACHER_CACHES = ("views", "none", "auto")
 # feature maps, so the teacher runs online on the student's batch.
 KD_METHODS = ("logit", "fitnets", "attention", "dkd", "cosine")
 FEATURE_METHODS = ("fitnets", "attention", "cosine")
+# of those, the ones that read feature maps at the registry's stages (cosine reads the
+# classifier's input, which every registry model has)
+STAGE_METHODS = ("fitnets", "attention")
 LOGIT_METHODS = ("logit", "dkd")
 # kd.feature_weight when not set: mdistiller's CIFAR weights for these exact loss forms
 # (FitNets' hint MSE 100; attention transfer 1000, the paper's beta = 1e3); cosine 1, the

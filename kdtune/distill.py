@@ -11,8 +11,8 @@ CE' is cross-entropy with kd.label_smoothing; "logit" is the first line with kd.
 = 0 turns distillation off for every method: plain CE', no teacher at all (the no-KD baseline).
 
 Which teacher: logit and dkd read only the teacher's logits, which the view cache
-(kdtune.teacher) holds for every crop/flip view, so they never run the teacher. fitnets and
-attention need the teacher's feature maps; caching those would cost 162 views x 45k images x
+(kdtune.teacher) holds for every crop/flip view, so they never run the teacher. fitnets,
+attention and cosine need the teacher's feature maps or embedding; caching those would cost 162 views x 45k images x
 (512 x 4 x 4 fp16 for resnet18's last stage alone) = 120 GB, so the teacher runs online, under
 no_grad, on exactly the batch the student sees. The choice is made per trial
 (`teacher_mode`), so one sweep mixes both.
@@ -23,7 +23,8 @@ channels -> teacher channels) is trained with the student by the same optimizer.
 beside the student, never inside it: pruning never sees it, and size and FLOPs never count
 it. Channel pruning narrows the student's last stage, so R is rebuilt for the new width when
 the fine-tune starts, keeping the input columns of the channels that survived (found by matching
-the classifier's columns before and after, which pruning only slices): a freshly initialised R
+the last stage's norm statistics before and after, which pruning only slices; the classifier
+would not do: MobileNetV3's hidden classifier layer is cut too): a freshly initialised R
 made the hint loss jump from 31 to 120 on the first fine-tune epoch of a cnn4 test trial.
 
 Feature maps come from forward hooks on the registry's stage modules
@@ -40,14 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FEATURE_METHODS, LOGIT_METHODS, KDConfig, TrialConfig
+from .config import FEATURE_METHODS, STAGE_METHODS, KDConfig, TrialConfig
 from .errors import KDTuneError
 from .losses import at_loss, cosine_loss, dkd_loss, kd_loss, resize_map
 from .models import create_model, feature_stages
 from .prune import output_layer
-
-# methods that read feature maps at the registry's stages (cosine reads the classifier's input)
-STAGE_METHODS = ("fitnets", "attention")
 
 def teacher_mode(cfg: TrialConfig, sweep_mode: str) -> str:
     """How this trial gets its teacher: "views" (the view cache), "none" (the teacher model

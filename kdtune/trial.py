@@ -77,7 +77,7 @@ def provenance(device: torch.device | None = None) -> dict:
 def resolve_cache_mode(cfg: TrialConfig, teacher_passes_per_image: float) -> str:
     """`teacher.cache: auto`: the view cache costs num_views teacher passes per image once; an
     online teacher costs one per image per student epoch. Pick the cheaper for the planned work.
-    Feature methods (kd.method fitnets, attention) always run the teacher online."""
+    Feature methods (kd.method fitnets, attention, cosine) always run the teacher online."""
     if cfg.kd.alpha == 0:
         return "none"  # the no-KD baseline needs no teacher at all
     if cfg.kd.method not in LOGIT_METHODS:

@@ -9,7 +9,7 @@ import copy
 import itertools
 from pathlib import Path
 
-from ..config import FEATURE_METHODS, STEM_SHORTHAND, SweepConfig, TrialConfig, trial_config
+from ..config import STAGE_METHODS, STEM_SHORTHAND, SweepConfig, TrialConfig, trial_config
 
 SEED_KEY = "seed"
 BASELINE_KEY = "is_baseline"
@@ -119,10 +119,10 @@ def _grid_configs(sw: SweepConfig) -> list[TrialConfig]:
 def check_methods(sw: SweepConfig, base: dict | None = None) -> None:
     """kdtune.distill.check_method for every distinct kd.method x student x teacher x stem the
     space can produce, before anything trains (KDTuneError naming the first that cannot work).
-    Builds small untrained networks on the CPU, so torch is imported here only when a feature
-    method is in play."""
+    Builds small untrained networks on the CPU, so torch is imported here only when a method
+    that reads stage feature maps (fitnets, attention) is in play."""
     methods = _values(sw.space[METHOD_KEY]) if METHOD_KEY in sw.space else [sw.base.kd.method]
-    if not set(methods) & set(FEATURE_METHODS):
+    if not set(methods) & set(STAGE_METHODS):  # the only ones check_method can refuse
         return
     from ..distill import check_method
 
