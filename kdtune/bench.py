@@ -7,7 +7,7 @@ same device, one after the other, so machine load and clock speed cancel out as 
    transforms in a DataLoader (the notebook path), same images, same batch size.
 2. teacher: student step time with logits read from the view cache vs a teacher forward per
    step, and the break-even point (trials x epochs) of building the cache; and the step time
-   of each kd.method (logit and dkd on the cache, fitnets and attention with their online
+   of each kd.method (logit and dkd on the cache, fitnets, attention and cosine with their online
    teacher) relative to logit KD on the cache.
 3. precision (CUDA only): bf16 autocast + channels_last vs fp32 student steps.
 4. bookkeeping: what a sweep trial spends per epoch outside training and validation.
