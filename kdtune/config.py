@@ -9,6 +9,7 @@ and exit 2 instead of a traceback twenty frames into training.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,6 +44,19 @@ FEATURE_WEIGHT_DEFAULTS = {"fitnets": 100.0, "attention": 1000.0, "cosine": 1.0}
 KD_METHOD_KEYS = {"feature_weight": FEATURE_METHODS, "dkd_alpha": ("dkd",),
                   "dkd_beta": ("dkd",), "dkd_warmup": ("dkd",)}
 PRETRAINED = (None, "imagenet")
+# What train.* and teacher.* keys left at null resolve to, per architecture family
+# (kdtune.models.model_family), in `resolve_recipe`. CNNs: the CIFAR ResNet recipe (He et al.
+# 2016: SGD 0.1, momentum 0.9, weight decay 5e-4 as in the CIFAR KD papers), no warm-up. ViTs
+# trained from scratch on CIFAR diverge or stall under that recipe (SGD 0.1 on LayerNorm nets);
+# they get DeiT's (Touvron et al. 2021, arXiv:2012.12877): AdamW, weight decay 0.05 (not on
+# biases, norms and embeddings, kdtune.train.make_optimizer), lr 1e-3 at batch 256 (the CIFAR
+# from-scratch ViTs of Lee et al. 2021, arXiv:2112.13492, use 1e-3 too; DeiT's 5e-4 x batch/512
+# is for 300 ImageNet epochs) and a linear warm-up: 10 % of the epochs, at most DeiT's 5, as
+# attention logits of an untrained ViT blow up under a full-size first step.
+RECIPES = {
+    "cnn": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup": (0.0, 0.0)},
+    "vit": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup": (0.1, 5.0)},
+}
 # auto: on for CUDA (where bf16 autocast and channels_last pay off), off for CPU. Forcing them on
 # is how the CPU test suite runs the CUDA code paths.
 CHANNELS_LAST = ("auto", True, False)
@@ -92,15 +106,45 @@ class TeacherConfig:
     stem: str = _f("cifar", choices=STEMS)
     pretrained: str | None = _f(None, choices=PRETRAINED)
     epochs: int = _f(30, ge=0)
-    lr: float = _f(0.1, gt=0)
+    # null: the architecture family's recipe (RECIPES): sgd 0.1 / 5e-4 for CNNs, adamw ...
+    lr: float | None = _f(None, gt=0, doc="null: per architecture family (RECIPES)")
     batch_size: int = _f(256, ge=1)
-    weight_decay: float = _f(5e-4, ge=0)
-    optimizer: str = _f("sgd", choices=OPTIMIZERS)
+    weight_decay: float | None = _f(None, ge=0, doc="null: per architecture family")
+    optimizer: str | None = _f(None, choices=OPTIMIZERS, doc="null: per architecture family")
+    warmup_epochs: float | None = _f(None, ge=0, doc="linear lr warm-up before the cosine "
+                                     "decay; null: per architecture family")
     label_smoothing: float = _f(0.0, ge=0, lt=1)
     seed: int = _f(0, ge=0, doc="fixed, not the trial seed, so all trials share one teacher")
     # views: precompute logits of all 162 crop/flip views once; none: teacher forward per step;
     # auto: views for sweeps, none for a lone trial (see README, "Teacher cache").
     cache: str = _f("auto", choices=TEACHER_CACHES)
+    ensemble: list | None = _f(None, doc="two or more teachers, each a mapping of teacher "
+                               "keys (arch required; the rest default to this section's); "
+                               "the student learns from the average of their T-softened "
+                               "probabilities. Replaces teacher.arch/stem/...")
+
+    def members(self) -> list["TeacherConfig"]:
+        """The teachers this config names: the ensemble's members, or itself."""
+        if not self.ensemble:
+            return [self]
+        own = {k: v for k, v in dataclasses.asdict(self).items() if k in MEMBER_KEYS}
+        return [TeacherConfig(**{**own, **m}) for m in self.ensemble]
+
+    def name(self) -> str:
+        """"resnet20/cifar", or "ensemble resnet20/cifar + vit_tiny" (a ViT has no stem)."""
+        names = [_arch_name(t.arch, t.stem) for t in self.members()]
+        return names[0] if len(names) == 1 else "ensemble " + " + ".join(names)
+
+
+# what an ensemble member may set: everything that makes one teacher (not cache, not ensemble)
+MEMBER_KEYS = ("arch", "stem", "pretrained", "epochs", "lr", "batch_size", "weight_decay",
+               "optimizer", "warmup_epochs", "label_smoothing", "seed")
+
+
+def _arch_name(arch: str, stem: str) -> str:
+    from .models import model_family
+
+    return arch if model_family(arch) == "vit" else f"{arch}/{stem}"
 
 
 @dataclass
@@ -113,9 +157,11 @@ class StudentConfig:
 class TrainConfig:
     epochs: int = _f(30, ge=1)
     batch_size: int = _f(256, ge=1)
-    lr: float = _f(0.1, gt=0)
-    weight_decay: float = _f(5e-4, ge=0)
-    optimizer: str = _f("sgd", choices=OPTIMIZERS)
+    lr: float | None = _f(None, gt=0, doc="null: the student's family recipe (RECIPES)")
+    weight_decay: float | None = _f(None, ge=0, doc="null: per architecture family")
+    optimizer: str | None = _f(None, choices=OPTIMIZERS, doc="null: per architecture family")
+    warmup_epochs: float | None = _f(None, ge=0, doc="linear lr warm-up before the cosine "
+                                     "decay (schedule: cosine only); null: per family")
     momentum: float = _f(0.9, ge=0, lt=1)
     schedule: str = _f("cosine", choices=SCHEDULES)
     eval_batch_size: int = _f(1024, ge=1)
@@ -434,14 +480,97 @@ def _check_trial(cfg: TrialConfig) -> TrialConfig:
     return cfg
 
 
-def trial_config(raw: dict | None = None, overrides: list[tuple[str, Any]] | None = None
-                 ) -> TrialConfig:
+def _recipe(section, arch: str, epochs: int, schedule: str) -> dict:
+    """The null recipe keys of `section` (train or one teacher) filled for `arch`'s family."""
+    from .models import model_family
+
+    r = RECIPES[model_family(arch)]
+    share, most = r["warmup"]
+    warmup = 0.0 if schedule == "onecycle" else min(most, share * epochs)
+    fill = {"optimizer": r["optimizer"], "lr": r["lr"], "weight_decay": r["weight_decay"],
+            "warmup_epochs": round(warmup, 4)}
+    return {k: v for k, v in fill.items() if getattr(section, k) is None}
+
+
+def resolve_recipe(cfg: TrialConfig) -> TrialConfig:
+    """Fill the recipe keys left at null (RECIPES) from the student's and each teacher's
+    architecture family. A sweep keeps its base unresolved, so each trial resolves them for the
+    student.arch it runs."""
+    t = cfg.train
+    for k, v in _recipe(t, cfg.student.arch, t.epochs, t.schedule).items():
+        setattr(t, k, v)
+    if cfg.teacher.ensemble:
+        members = []
+        for m in cfg.teacher.members():
+            members.append({k: getattr(m, k) for k in MEMBER_KEYS}
+                           | _recipe(m, m.arch, m.epochs, "cosine"))
+        cfg.teacher.ensemble = members
+    for k, v in _recipe(cfg.teacher, cfg.teacher.arch, cfg.teacher.epochs, "cosine").items():
+        setattr(cfg.teacher, k, v)
+    return cfg
+
+
+def _build_ensemble(members) -> list[dict] | None:
+    """teacher.ensemble checked member by member (teacher keys, named by index); the members
+    as written, since what they leave out comes from the teacher section."""
+    if members is None:
+        return None
+    if len(members) < 2:
+        raise KDTuneError(f"teacher.ensemble: needs two or more teachers, got {len(members)}; "
+                          "a single teacher is teacher.arch")
+    out = []
+    for i, m in enumerate(members):
+        where = f"teacher.ensemble[{i}]"
+        if isinstance(m, str):  # shorthand: just the arch
+            m = {"arch": m}
+        if not isinstance(m, dict) or "arch" not in m:
+            raise KDTuneError(f"{where}: expected a mapping with arch, e.g. "
+                              "{arch: resnet20, stem: cifar}, or an arch name")
+        for k in m:
+            if k not in MEMBER_KEYS:
+                raise KDTuneError(f"{where}.{k}: unknown key; allowed: {', '.join(MEMBER_KEYS)}")
+        build(TeacherConfig, m, where)
+        out.append(dict(m))
+    return out
+
+
+def _check_family(cfg: TrialConfig) -> None:
+    """What a vision transformer cannot do: choose a stem, or be channel-pruned."""
+    from .models import model_family
+
+    named = [("student", cfg.student.arch, cfg.student.stem)]
+    named += [("teacher" if not cfg.teacher.ensemble else f"teacher.ensemble[{i}]", m.arch,
+               m.stem) for i, m in enumerate(cfg.teacher.members())]
+    for where, arch, stem in named:
+        if model_family(arch) == "vit" and stem != "cifar":
+            raise KDTuneError(f"{where}.stem: {arch} is a vision transformer and has no stem "
+                              f"to choose (its patch-4 embedding is its 32 px design); drop "
+                              f"{where}.stem: {stem}")
+    if model_family(cfg.student.arch) == "vit" and cfg.prune.ratio > 0:
+        if cfg.prune.method == "channel":
+            raise KDTuneError(f"prune.method: channel cannot prune {cfg.student.arch}, a "
+                              "vision transformer (its width is shared by every token and "
+                              "residual; no channel to drop alone); use prune.method: "
+                              "unstructured with prune.include_linear: true")
+        if not cfg.prune.include_linear:
+            raise KDTuneError(f"prune.include_linear: {cfg.student.arch} is a vision "
+                              "transformer whose only conv is its patch embedding; pruning "
+                              "it needs prune.include_linear: true (its blocks are Linear)")
+
+
+def trial_config(raw: dict | None = None, overrides: list[tuple[str, Any]] | None = None,
+                 resolve: bool = True) -> TrialConfig:
+    """A checked TrialConfig; `resolve`: fill the recipe keys left at null (resolve_recipe)."""
     raw = dict(raw or {})
     raw.pop("search", None)
     raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy with plain types
     for key, value in overrides or []:
         set_dotted(raw, key, value)
-    return _check_trial(build(TrialConfig, raw))
+    cfg = build(TrialConfig, raw)
+    cfg.teacher.ensemble = _build_ensemble(cfg.teacher.ensemble)
+    _check_family(cfg)
+    cfg = _check_trial(cfg)
+    return resolve_recipe(cfg) if resolve else cfg
 
 
 SEARCHED = object()  # check_kd_keys: a key the sweep searches (no single value)
@@ -470,15 +599,32 @@ def check_kd_keys(methods: set[str], given: dict[str, Any], where: str = "") -> 
                               "baseline")
 
 
-def check_teacher_cache(methods: set[str], cache: str, alpha: float) -> None:
-    """teacher.cache: views serves logit methods only. A sweep that searches kd.method over
-    logit and feature methods uses it for its logit/dkd trials (the others run the teacher
-    online); a config whose every method needs features cannot use it at all."""
-    if cache == "views" and alpha > 0 and methods <= set(FEATURE_METHODS):
+def check_teacher_cache(methods: set[str], teacher: TeacherConfig, alpha: float) -> None:
+    """What a teacher section cannot serve. teacher.cache: views serves logit methods only (a
+    sweep that searches kd.method over logit and feature methods uses it for its logit/dkd
+    trials; a config whose every method needs features cannot use it at all) and no vision
+    transformer (they run online, kdtune.teacher). An ensemble serves logit methods only: the
+    feature methods match one teacher's feature maps or embedding."""
+    if alpha == 0:
+        return
+    from .models import model_family
+
+    if teacher.cache == "views" and methods <= set(FEATURE_METHODS):
         method = " / ".join(sorted(methods))
         raise KDTuneError(f"teacher.cache: views cannot serve kd.method: {method} (it needs "
                           "the teacher's feature maps, which the view cache does not hold); "
                           "use teacher.cache: auto or none")
+    vits = [m.arch for m in teacher.members() if model_family(m.arch) == "vit"]
+    if teacher.cache == "views" and vits:
+        raise KDTuneError(f"teacher.cache: views: {vits[0]} is a vision transformer, and ViT "
+                          "teachers run online (their view cache would cost 162 forward "
+                          "passes per image); use teacher.cache: auto or none")
+    feature = sorted(set(methods) & set(FEATURE_METHODS))
+    if teacher.ensemble and feature:
+        raise KDTuneError(f"kd.method: {', '.join(feature)} cannot distil from "
+                          "teacher.ensemble: it matches one teacher's features, and an "
+                          "ensemble has no single feature map; use kd.method: logit or dkd "
+                          "with an ensemble")
 
 
 def _given_kd(raw: dict, overrides) -> dict[str, Any]:
@@ -495,7 +641,7 @@ def load_trial_config(path: str | Path, overrides=None) -> TrialConfig:
         raise KDTuneError(f"{path}: has a search: section; run it with `kdtune sweep {path}`")
     cfg = trial_config(raw, overrides)
     check_kd_keys({cfg.kd.method}, _given_kd(raw, overrides))
-    check_teacher_cache({cfg.kd.method}, cfg.teacher.cache, cfg.kd.alpha)
+    check_teacher_cache({cfg.kd.method}, cfg.teacher, cfg.kd.alpha)
     return cfg
 
 
@@ -550,6 +696,33 @@ def _check_param(key: str, spec: ParamSpec, base: dict) -> None:
                 raise KDTuneError(f"{where}: value {value!r} is invalid: {msg}") from None
 
 
+def _check_searched_stem(base: TrialConfig, space: dict[str, ParamSpec]) -> None:
+    """A searched stem cannot include a vision transformer (it has none): refuse the sweep
+    when any arch it can run on that side is one."""
+    from .models import model_family
+
+    def archs(key: str, fallback: list[str]) -> list[str]:
+        return list(space[key].values or []) if key in space else fallback
+
+    teachers = [m.arch for m in base.teacher.members()]
+    if "teacher.ensemble" in space:
+        teachers += [m["arch"] if isinstance(m, dict) else m
+                     for e in space["teacher.ensemble"].values or [] if e for m in e]
+    sides = {"student": archs("student.arch", [base.student.arch]),
+             "teacher": archs("teacher.arch", teachers)}
+    for key in (STEM_SHORTHAND, "student.stem", "teacher.stem"):
+        if key not in space:
+            continue
+        for side, names in sides.items():
+            if key != STEM_SHORTHAND and not key.startswith(side):
+                continue
+            vit = next((a for a in names if model_family(a) == "vit"), None)
+            if vit:
+                raise KDTuneError(f"search.space.{key}: {vit} ({side}) is a vision "
+                                  "transformer and has no stem; search the stem in a sweep "
+                                  "of CNNs only")
+
+
 def load_sweep_config(path: str | Path, overrides=None) -> SweepConfig:
     raw = read_yaml(path)
     if "search" not in raw:
@@ -569,7 +742,8 @@ def sweep_config(raw: dict, overrides=None, default_name: str = "sweep") -> Swee
                    key[len("search."):] if key.startswith("search.") else key, value)
         if key == "search.objectives" and isinstance(value, dict):
             order = list(value)
-    base = trial_config(raw)
+    # unresolved: each trial resolves the recipe keys for the student.arch it runs
+    base = trial_config(raw, resolve=False)
     search = build(SearchConfig, search_raw, "search")
     if isinstance(search.objectives, dict) and set(order) == set(search.objectives):
         search.objectives = {k: search.objectives[k] for k in order}
@@ -596,11 +770,16 @@ def sweep_config(raw: dict, overrides=None, default_name: str = "sweep") -> Swee
     check_kd_keys(methods, {k[3:]: SEARCHED for k in space if k.startswith("kd.")},
                   "search.space.")
     # a searched alpha, or baseline: true (its KD twins), has KD trials whatever the base says
-    check_teacher_cache(methods, base.teacher.cache, 1.0 if "kd.alpha" in space
-                        or search.baseline else base.kd.alpha)
+    alpha = 1.0 if "kd.alpha" in space or search.baseline else base.kd.alpha
+    teacher_keys = [k for k in space if k.startswith("teacher.") and k != "teacher.cache"]
+    for combo in itertools.product(*[space[k].values or [] for k in teacher_keys]):
+        teacher = trial_config(base.to_dict(), list(zip(teacher_keys, combo)),
+                               resolve=False).teacher
+        check_teacher_cache(methods, teacher, alpha)
     if STEM_SHORTHAND in space and ("teacher.stem" in space or "student.stem" in space):
         raise KDTuneError("search.space.stem: sets teacher.stem and student.stem together; "
                           "drop the separate teacher.stem/student.stem entry")
+    _check_searched_stem(base, space)
     for metric, mode in search.objectives.items():
         if metric not in OBJECTIVE_METRICS:
             raise KDTuneError(f"search.objectives.{metric}: unknown objective; allowed: "

@@ -43,15 +43,19 @@ from torch import nn
 
 from .config import FEATURE_METHODS, STAGE_METHODS, KDConfig, TrialConfig
 from .errors import KDTuneError
-from .losses import at_loss, cosine_loss, dkd_loss, kd_loss, resize_map
-from .models import create_model, feature_stages
+from .losses import at_loss, cosine_loss, dkd_loss, ensemble_logits, kd_loss, resize_map
+from .models import create_model, feature_stages, model_family
 from .prune import output_layer
+
 
 def teacher_mode(cfg: TrialConfig, sweep_mode: str) -> str:
     """How this trial gets its teacher: "views" (the view cache), "none" (the teacher model
     online; for alpha 0, no teacher at all). `sweep_mode` is what the run chose for logit
-    methods (kdtune.trial.resolve_cache_mode); feature methods always run online."""
+    methods (kdtune.trial.resolve_cache_mode); feature methods, and vision-transformer
+    teachers (kdtune.teacher), always run online."""
     if cfg.kd.alpha == 0 or cfg.kd.method in FEATURE_METHODS:
+        return "none"
+    if any(model_family(m.arch) == "vit" for m in cfg.teacher.members()):
         return "none"
     return sweep_mode
 
@@ -131,7 +135,7 @@ def attention_pairs(s_shapes, t_shapes) -> list[tuple[int, int]]:
 
 def _names(cfg: TrialConfig) -> str:
     return (f"student {cfg.student.arch}/{cfg.student.stem} <- teacher "
-            f"{cfg.teacher.arch}/{cfg.teacher.stem}")
+            f"{cfg.teacher.name()}")
 
 
 def check_method(cfg: TrialConfig, input_size: int | None = None) -> None:
@@ -341,10 +345,13 @@ class Distiller:
 
     def _teacher_logits(self, idx, x, view) -> torch.Tensor:
         if self.mode == "views":
-            return self.teacher.views[idx, view]
-        with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16,
-                                             enabled=self.bf16):
-            return self.teacher.model(x)
+            t = self.teacher.views[idx, view]
+        else:
+            with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16,
+                                                 enabled=self.bf16):
+                t = self.teacher.model(x)
+        # an ensemble's (batch, members, classes): the logits of its mean T-softened probability
+        return ensemble_logits(t, self.kd.temperature) if t.dim() == 3 else t
 
     def loss(self, logits, idx, x, y, view) -> torch.Tensor:
         kd = self.kd

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -162,3 +164,21 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target:
     # its gradient), so it is set to 0 first: its teacher probability exp(-inf) = 0 drops it.
     nckd = (t_nt.exp() * (t_nt.masked_fill(gt, 0.0) - s_nt.masked_fill(gt, 0.0))).sum(1).mean()
     return t * t * (alpha * tckd + beta * nckd)
+
+
+def ensemble_logits(member_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits whose temperature-T softmax is the members' average T-softened distribution.
+
+    Hinton et al. 2015 (arXiv:1503.02531, section 3) distil an ensemble from "the arithmetic
+    mean of their predictive distributions"; at temperature T that is
+
+        p_T = (1/M) * sum_m softmax(z_m / T),     z_ens = T * log p_T,
+
+    and softmax(z_ens / T) = p_T exactly (log p_T is already normalised), so every logit loss
+    here (kd_loss, dkd_loss) distils from the mean with no change. `member_logits`: (batch,
+    members, classes); computed in float32, in log space (logsumexp), so a confident member
+    gives no log(0). The mean depends on T, so a view cache stores each member's logits and
+    this runs per step.
+    """
+    z = F.log_softmax(member_logits.float() / temperature, dim=-1)
+    return temperature * (torch.logsumexp(z, dim=1) - math.log(member_logits.shape[1]))

@@ -9,6 +9,10 @@ Every model exists in two stems so the sweep can ablate the input stem:
 
 Only torchvision-backed models can start from ImageNet weights; the small CIFAR students have no
 published ImageNet checkpoint, so asking for one is a user mistake.
+
+Vision transformers (``family="vit"``) have no stem to choose: their patch-4 embedding on 32 px
+is already the CIFAR adaptation (ViT-B/16's patch 16 is for 224 px), so they accept only the
+default ``stem: cifar`` and config validation refuses ``standard`` or a searched stem.
 """
 
 from __future__ import annotations
@@ -38,27 +42,34 @@ Builder = Callable[[int, str, "dict[str, Any] | None"], nn.Module]
 Stages = Callable[[nn.Module], "list[str]"]
 
 
+FAMILIES = ("cnn", "vit")
+
+
 @dataclass(frozen=True)
 class _Entry:
     build: Builder
     # A pinned enum member (not ``DEFAULT``) so results do not change when torchvision moves DEFAULT.
     imagenet_weights: tvm.WeightsEnum | None
     stages: Stages | None = None
+    family: str = "cnn"
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
 def register_model(name: str, *, imagenet_weights: tvm.WeightsEnum | None = None,
-                   stages: Stages | None = None):
+                   stages: Stages | None = None, family: str = "cnn"):
     """Decorator adding ``builder(num_classes, stem, imagenet_state)`` under ``name``;
     ``stages(model)`` names its stage outputs for feature distillation (kd.method fitnets and
-    attention), None where it has none."""
+    attention), None where it has none; ``family`` (cnn, vit) picks its training recipe
+    (config.RECIPES) and whether it has a stem."""
 
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = _Entry(builder, imagenet_weights, stages)
+        if family not in FAMILIES:
+            raise ValueError(f"family {family!r}; allowed: {', '.join(FAMILIES)}")
+        _REGISTRY[name] = _Entry(builder, imagenet_weights, stages, family)
         return builder
 
     return decorator
@@ -66,6 +77,12 @@ def register_model(name: str, *, imagenet_weights: tvm.WeightsEnum | None = None
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def model_family(name: str) -> str:
+    """"cnn" or "vit" for a registry model (an unknown name is "cnn": create_model names it)."""
+    entry = _REGISTRY.get(name)
+    return entry.family if entry is not None else "cnn"
 
 
 def feature_stages(name: str, model: nn.Module) -> list[str]:
@@ -311,6 +328,106 @@ def _cnn4_stages(model: nn.Module) -> list[str]:
 @register_model("cnn4", stages=_cnn4_stages)
 def _cnn4(num_classes, stem, state):
     return CNN4(num_classes, stem)
+
+
+# --- vision transformers (Dosovitskiy et al. 2021, arXiv:2010.11929) on 32 px -------------------
+
+
+class _Attention(nn.Module):
+    """Multi-head self-attention with plain Linear layers (not nn.MultiheadAttention, whose packed
+    ``in_proj_weight`` is no Linear: unstructured pruning with include_linear, the FLOP counter
+    and ONNX export all see these)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x)) (GELU, 4x width)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int = 4):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = _Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(),
+                                 nn.Linear(mlp_ratio * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """ViT for 32 px: a patch-4 conv embedding (8x8 = 64 tokens + a class token), learned
+    position embeddings, ``depth`` pre-norm blocks, a final LayerNorm and a linear head on the
+    class token. ViT-Tiny's width 192 and 3 heads (DeiT, Touvron et al. 2021, arXiv:2012.12877).
+    Other input sizes (data.resize) interpolate the position embeddings bicubically, as timm
+    does when a ViT is fine-tuned at a new resolution."""
+
+    def __init__(self, depth: int, width: int = 192, heads: int = 3, patch: int = 4,
+                 image: int = 32, num_classes: int = 10):
+        super().__init__()
+        self.patch = patch
+        self.grid = image // patch
+        self.patch_embed = nn.Conv2d(3, width, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid + 1, width))
+        self.blocks = nn.Sequential(*[_Block(width, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+        # timm's ViT init: truncated normal 0.02 for embeddings and Linear weights, zero biases
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def _pos(self, grid: int) -> torch.Tensor:
+        if grid == self.grid:
+            return self.pos_embed
+        cls, patches = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        c = patches.shape[-1]
+        patches = patches.reshape(1, self.grid, self.grid, c).permute(0, 3, 1, 2)
+        patches = nn.functional.interpolate(patches, size=(grid, grid), mode="bicubic",
+                                            align_corners=False)
+        return torch.cat([cls, patches.permute(0, 2, 3, 1).reshape(1, grid * grid, c)], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        grid = x.shape[-1]
+        x = x.flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self._pos(grid)
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])
+
+
+# 12 blocks: ViT-Tiny (5.4 M parameters); 6 blocks: the half-depth student of the course labs
+def _vit(name: str, depth: int, num_classes: int, stem: str) -> ViT:
+    if stem != "cifar":
+        raise KDTuneError(f"{name} is a vision transformer and has no stem to choose (its "
+                          "patch-4 embedding is its 32 px design); use stem='cifar', the default")
+    return ViT(depth=depth, num_classes=num_classes)
+
+
+@register_model("vit_tiny", family="vit")
+def _vit_tiny(num_classes, stem, state):
+    return _vit("vit_tiny", 12, num_classes, stem)
+
+
+@register_model("vit_tiny_d6", family="vit")
+def _vit_tiny_d6(num_classes, stem, state):
+    return _vit("vit_tiny_d6", 6, num_classes, stem)
 
 
 # --- saving and reloading students, pruned or not ----------------------------------------------

@@ -11,6 +11,14 @@ runs inside a trial, and teacher and student always see the same pixels. It cost
 passes per image once; an online teacher costs one pass per image per epoch per trial, so the
 cache wins when trials x epochs > 162 (a sweep), and may lose for one short trial.
 
+Ensembles (`teacher.ensemble`): each member is a teacher of its own, trained, cached and
+view-cached exactly as above (a member shared with another run or sweep is a cache hit); the
+ensemble is a module returning the members' logits stacked, (batch, members, classes), and its
+view cache stacks theirs. The student distils from the members' average T-softened
+probabilities (kdtune.losses.ensemble_logits, where T is the trial's, so it cannot be cached).
+Vision transformers run online, never view-cached: 162 views of a ViT-Tiny forward cost hours on
+a CPU, and a ViT's 4x4 patches make a crop by one pixel a different input anyway.
+
 Concurrency and crashes: two processes asking for the same teacher take a file lock, so one builds
 and the other loads; files are written to a temporary name and renamed into place, and each carries
 a sha256 in meta.json that is checked on load, so a torn or corrupt file is rebuilt, never trusted.
@@ -18,8 +26,10 @@ a sha256 in meta.json that is checked on load, so a torn or corrupt file is rebu
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -28,11 +38,12 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
+from torch import nn
 
 from .config import TrialConfig
 from .data import DeviceData, Split, num_views
 from .measure import accuracy
-from .models import create_model
+from .models import create_model, model_family
 from .storage import atomic_path
 from .train import fit, place_model, resolve_precision
 
@@ -49,13 +60,62 @@ class Teacher:
     views: torch.Tensor | None = None  # (n_train, n_views, classes) fp16 on the device
     views_build_s: float | None = None
     cache_hit: bool = False
+    # an ensemble's members: [{"name", "val_acc", "test_acc"}], None for one teacher
+    members: list[dict] | None = None
+
+
+class TeacherEnsemble(nn.Module):
+    """The members' logits stacked: (batch, members, classes)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members], 1)
+
+
+class _MeanProbs(nn.Module):
+    """An ensemble's prediction, for its accuracy: log of the members' mean probability."""
+
+    def __init__(self, ensemble: TeacherEnsemble):
+        super().__init__()
+        self.ensemble = ensemble
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.ensemble(x).float().log_softmax(-1)
+        return torch.logsumexp(z, 1) - math.log(z.shape[1])
+
+
+def has_vit(cfg: TrialConfig) -> bool:
+    """Whether any teacher of cfg (one, or an ensemble member) is a vision transformer, which
+    always runs online."""
+    return any(model_family(m.arch) == "vit" for m in cfg.teacher.members())
+
+
+def member_configs(cfg: TrialConfig) -> list[TrialConfig]:
+    """One config per teacher: the ensemble's members as single teachers (or cfg itself)."""
+    if not cfg.teacher.ensemble:
+        return [cfg]
+    out = []
+    for m in cfg.teacher.members():
+        c = copy.deepcopy(cfg)
+        m.cache, m.ensemble = cfg.teacher.cache, None
+        c.teacher = m
+        out.append(c)
+    return out
 
 
 def teacher_key(cfg: TrialConfig, split: Split) -> str:
+    if cfg.teacher.ensemble:
+        keys = [teacher_key(c, split) for c in member_configs(cfg)]
+        return "ens-" + hashlib.sha256("+".join(keys).encode()).hexdigest()[:16]
     t = cfg.teacher
     recipe = {k: getattr(t, k) for k in ("arch", "stem", "pretrained", "epochs", "lr",
                                          "batch_size", "weight_decay", "optimizer",
                                          "label_smoothing", "seed")}
+    if t.warmup_epochs:  # added with the ViT recipe: an older CNN teacher keeps its key
+        recipe["warmup_epochs"] = t.warmup_epochs
     recipe.update(data=split.identity, augment=cfg.data.augment, resize=cfg.data.resize,
                   eval_batch=cfg.train.eval_batch_size, version=RECIPE_VERSION)
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:20]
@@ -115,8 +175,8 @@ def _train_teacher(cfg: TrialConfig, dd: DeviceData, num_classes: int, bf16: boo
         fit(model, dd, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
             weight_decay=t.weight_decay, optimizer=t.optimizer, schedule="cosine",
             momentum=0.9, seed=t.seed, label_smoothing=t.label_smoothing, bf16=bf16,
-            log=lambda m: log(f"teacher {t.arch}/{t.stem}: {m}"),
-            eval_batch_size=cfg.train.eval_batch_size)
+            log=lambda m: log(f"teacher {t.name()}: {m}"),
+            eval_batch_size=cfg.train.eval_batch_size, warmup_epochs=t.warmup_epochs or 0.0)
     return model.eval()
 
 
@@ -125,7 +185,12 @@ def prepare_teacher(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: 
     """Load the teacher for `cfg` from the cache, or train it (and its view cache) once.
 
     It runs under the trial's switches: the layout of `dd` (dd.channels_last) and
-    `train.precision` resolved for dd's device, the one rule run_trial resolves it by too."""
+    `train.precision` resolved for dd's device, the one rule run_trial resolves it by too.
+    An ensemble prepares each member so and stacks them (TeacherEnsemble); a vision
+    transformer never gets a view cache (it runs online)."""
+    if cfg.teacher.ensemble:
+        return _prepare_ensemble(cfg, split, dd, want_views, log)
+    want_views = want_views and not has_vit(cfg)
     bf16 = resolve_precision(cfg.train.precision, dd.device) == "bf16"
     eval_bs = cfg.train.eval_batch_size
     key = teacher_key(cfg, split)
@@ -142,7 +207,7 @@ def prepare_teacher(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: 
             model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu",
                                              weights_only=True))
             model = place_model(model, dd.device, dd.channels_last).eval()
-            log(f"teacher {cfg.teacher.arch}/{cfg.teacher.stem}: cache hit {key} "
+            log(f"teacher {cfg.teacher.name()}: cache hit {key} "
                 f"(val {meta['val_acc']:.2%}, test {meta['test_acc']:.2%})")
         else:
             if folder.exists():
@@ -167,7 +232,7 @@ def prepare_teacher(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: 
             }
             _write_json(tmp / "meta.json", meta)
             os.replace(tmp, folder)  # the whole folder appears at once or not at all
-            log(f"teacher {cfg.teacher.arch}/{cfg.teacher.stem}: trained in {train_s:.1f}s "
+            log(f"teacher {cfg.teacher.name()}: trained in {train_s:.1f}s "
                 f"(val {meta['val_acc']:.2%}, test {meta['test_acc']:.2%}) -> {folder}")
         teacher = Teacher(key, model, meta["val_acc"], meta["test_acc"], meta["train_s"],
                           cache_hit=hit)
@@ -186,4 +251,27 @@ def prepare_teacher(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: 
                 _write_json(meta_path, meta)
                 log(f"teacher view cache: built in {teacher.views_build_s:.1f}s "
                     f"({teacher.views.numel() * 2 / 1e6:.0f} MB fp16)")
+    return teacher
+
+
+def _prepare_ensemble(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: bool,
+                      log) -> Teacher:
+    members = [prepare_teacher(c, split, dd, want_views, log) for c in member_configs(cfg)]
+    model = TeacherEnsemble([t.model for t in members]).eval()
+    bf16 = resolve_precision(cfg.train.precision, dd.device) == "bf16"
+    mean = _MeanProbs(model)
+    eval_bs = cfg.train.eval_batch_size
+    teacher = Teacher(
+        teacher_key(cfg, split), model,
+        accuracy(mean, dd.eval_batches("val", eval_bs), autocast_bf16=bf16),
+        accuracy(mean, dd.eval_batches("test", eval_bs), autocast_bf16=bf16),
+        sum(t.train_s for t in members), cache_hit=all(t.cache_hit for t in members),
+        members=[{"name": c.teacher.name(), "val_acc": t.val_acc, "test_acc": t.test_acc}
+                 for c, t in zip(member_configs(cfg), members)])
+    if want_views and all(t.views is not None for t in members):
+        teacher.views = torch.stack([t.views for t in members], 2)  # (n, views, members, C)
+        teacher.views_build_s = sum(t.views_build_s or 0.0 for t in members)
+    log(f"teacher {cfg.teacher.name()}: val {teacher.val_acc:.2%}, test {teacher.test_acc:.2%} "
+        "(mean of the members' probabilities; members: "
+        + ", ".join(f"{t.test_acc:.2%}" for t in members) + " test)")
     return teacher

@@ -72,16 +72,31 @@ def make_optimizer(model, name: str, lr: float, weight_decay: float, momentum: f
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0,
                                weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    # AdamW as DeiT/timm use it: no decay on biases, norm weights and the ViT's position and
+    # class embeddings (every tensor of one dimension or fewer, plus tokens of shape
+    # (1, n, width)), which decay would pull towards zero for no regularising gain
+    decay = [p for p in params if p.ndim > 1 and not (p.ndim == 3 and p.shape[0] == 1)]
+    kept = {id(p) for p in decay}
+    rest = [p for p in params if id(p) not in kept]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=lr)
 
 
-def make_schedule(opt, name: str, lr: float, total_steps: int):
-    """Stepped per batch, so short runs still anneal smoothly."""
+def make_schedule(opt, name: str, lr: float, total_steps: int, warmup_steps: int = 0):
+    """Stepped per batch, so short runs still anneal smoothly. `warmup_steps` (cosine only):
+    a linear ramp from lr / warmup_steps up to lr, then the cosine decay over the rest."""
     total_steps = max(1, total_steps)
     if name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    warm = min(max(0, warmup_steps), total_steps - 1)
+
+    def factor(s: int) -> float:
+        if s < warm:
+            return (s + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(s - warm, total_steps - warm)
+                                   / (total_steps - warm)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def train_step(model, x: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor], opt,
@@ -114,10 +129,11 @@ def train_epoch(model, dd: DeviceData, opt, sched, batch_size: int, seed: int, l
 
 def fit(model, dd: DeviceData, *, epochs: int, lr: float, batch_size: int, weight_decay: float,
         optimizer: str, schedule: str, momentum: float, seed: int, label_smoothing: float,
-        bf16: bool, log=print, eval_batch_size: int = 1024) -> None:
+        bf16: bool, log=print, eval_batch_size: int = 1024, warmup_epochs: float = 0.0) -> None:
     """Plain cross-entropy training (teachers)."""
     opt = make_optimizer(model, optimizer, lr, weight_decay, momentum)
-    sched = make_schedule(opt, schedule, lr, epochs * dd.steps_per_epoch(batch_size))
+    steps = dd.steps_per_epoch(batch_size)
+    sched = make_schedule(opt, schedule, lr, epochs * steps, round(warmup_epochs * steps))
     ce = lambda logits, idx, x, y, view: torch.nn.functional.cross_entropy(  # noqa: E731
         logits.float(), y, label_smoothing=label_smoothing)
     for epoch in range(1, epochs + 1):

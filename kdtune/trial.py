@@ -23,7 +23,7 @@ from .distill import Distiller, check_method, teacher_mode
 from .models import architecture_signature, create_model, rebuild_student, save_student
 from .prune import apply_pruning, make_permanent, prune_channels, sparsity
 from .storage import atomic_path
-from .teacher import prepare_teacher
+from .teacher import has_vit, prepare_teacher
 from .train import (
     make_optimizer,
     make_schedule,
@@ -80,8 +80,8 @@ def resolve_cache_mode(cfg: TrialConfig, teacher_passes_per_image: float) -> str
     Feature methods (kd.method fitnets, attention, cosine) always run the teacher online."""
     if cfg.kd.alpha == 0:
         return "none"  # the no-KD baseline needs no teacher at all
-    if cfg.kd.method not in LOGIT_METHODS:
-        check_teacher_cache({cfg.kd.method}, cfg.teacher.cache, cfg.kd.alpha)
+    if cfg.kd.method not in LOGIT_METHODS or has_vit(cfg):
+        check_teacher_cache({cfg.kd.method}, cfg.teacher, cfg.kd.alpha)
         return "none"
     if cfg.teacher.cache != "auto":
         return cfg.teacher.cache
@@ -98,6 +98,10 @@ def _config_hash(cfg: TrialConfig, data_identity: str) -> str:
     d["data"].pop("root")
     if d["prune"]["method"] == "unstructured":  # keys added with channel pruning: an older
         del d["prune"]["method"], d["prune"]["round_to"]  # checkpoint still matches
+    if not d["train"]["warmup_epochs"]:  # and with the ViT recipe
+        del d["train"]["warmup_epochs"]
+    d["teacher"] = {k: v for k, v in d["teacher"].items()
+                    if not (k in ("warmup_epochs", "ensemble") and not v)}
     if d["kd"]["method"] == "logit":  # and those added with kd.method
         for key in ("method", "feature_weight", "dkd_alpha", "dkd_beta", "dkd_warmup"):
             del d["kd"][key]
@@ -162,7 +166,9 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
             if teacher.views is None:
                 raise KDTuneError("teacher.cache: views requested but the teacher has no cache")
             teacher.views = teacher.views.to(device)
-            expect = (dd.n_train, num_views(dd.augment), split.num_classes)
+            expect = (dd.n_train, num_views(dd.augment), *([len(cfg.teacher.ensemble)]
+                                                           if cfg.teacher.ensemble else []),
+                      split.num_classes)
             if tuple(teacher.views.shape) != expect:
                 raise RuntimeError(f"view cache shape {tuple(teacher.views.shape)} != {expect}")
 
@@ -188,7 +194,8 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
                 opt = make_optimizer(trained(), cfg.train.optimizer, cfg.train.lr,
                                      cfg.train.weight_decay, cfg.train.momentum)
                 return opt, make_schedule(opt, cfg.train.schedule, cfg.train.lr,
-                                          cfg.train.epochs * steps)
+                                          cfg.train.epochs * steps,
+                                          round(cfg.train.warmup_epochs * steps))
             opt = make_optimizer(trained(), cfg.train.optimizer, ft_lr, cfg.train.weight_decay,
                                  cfg.train.momentum)
             return opt, make_schedule(opt, "cosine", ft_lr, cfg.prune.finetune_epochs * steps)
@@ -306,6 +313,9 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
                                         autocast_bf16=bf16),
             "test_acc": measure.accuracy(student, dd.eval_batches("test", eval_bs),
                                          autocast_bf16=bf16),
+            "teacher_name": cfg.teacher.name(),
+            "teacher_members": json.dumps(teacher.members) if getattr(teacher, "members", None)
+            else None,
             "teacher_val_acc": teacher.val_acc if teacher is not None else None,
             "teacher_test_acc": teacher.test_acc if teacher is not None else None,
             **sparse, **measure.count_params(student), **measure.model_size_mb(student),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 from pathlib import Path
 
 from ..config import STAGE_METHODS, STEM_SHORTHAND, SweepConfig, TrialConfig, trial_config
@@ -15,6 +16,7 @@ SEED_KEY = "seed"
 BASELINE_KEY = "is_baseline"
 GROUP_KEY = "student.arch"
 METHOD_KEY = "kd.method"
+ENSEMBLE_KEY = "teacher.ensemble"
 # What sets a trial's cost per epoch before its first rung: ASHA compares trials at the same
 # epoch, so only trials that paid the same per epoch may be judged against each other. A
 # standard-stem student works on a 16x smaller map than its CIFAR-stem twin; a resize to 224 px
@@ -34,13 +36,21 @@ def resolve_paths(raw: dict) -> dict:
     return raw
 
 
+def encode_choice(value):
+    """A searched value as Optuna and Ray can hold it: a list (a teacher.ensemble) as its
+    JSON text, which `expand` reads back."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
 def expand(flat_config: dict) -> list[tuple[str, object]]:
     """A trial's searched values as config overrides; `stem` sets both stems."""
     out = []
     for k, v in flat_config.items():
         if k.startswith("__") or k in (BASELINE_KEY,):
             continue
-        if k == STEM_SHORTHAND:
+        if k == ENSEMBLE_KEY and isinstance(v, str):
+            out.append((k, json.loads(v)))
+        elif k == STEM_SHORTHAND:
             out += [("teacher.stem", v), ("student.stem", v)]
         else:
             out.append((k, v))

@@ -94,7 +94,8 @@ def prepare_one(cfg_dict: dict, split, want_views: bool, threads: int, expected=
     t.model.cpu()
     if t.views is not None:
         t.views = t.views.cpu()
-    meta = {"key": t.key, "arch": cfg.teacher.arch, "stem": cfg.teacher.stem,
+    meta = {"key": t.key, "name": cfg.teacher.name(), "arch": cfg.teacher.arch,
+            "stem": cfg.teacher.stem, "members": t.members,
             "val_acc": t.val_acc, "test_acc": t.test_acc, "train_s": t.train_s,
             "views_build_s": t.views_build_s, "cache_hit": t.cache_hit,
             "view_cache": t.views is not None, "device": measure.device_label(dev),

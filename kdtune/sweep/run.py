@@ -172,7 +172,7 @@ def _throttled(period: float):
 def _print_teacher(m: dict) -> None:
     how = "cache hit" if m["cache_hit"] else f"trained in {m['train_s']:.0f}s"
     where = f" on {m['node']}" if m.get("node") else ""
-    print(f"teacher {m['arch']}/{m['stem']}: {how}{where}, val {m['val_acc']:.1%}, test "
+    print(f"teacher {m.get('name') or m['arch'] + '/' + m['stem']}: {how}{where}, val {m['val_acc']:.1%}, test "
           f"{m['test_acc']:.1%}" + (f", view cache {m['views_build_s']:.0f}s"
                                     if m["view_cache"] else ""), flush=True)
 
@@ -206,7 +206,7 @@ def prepare_teachers(sw, base: dict, split, split_ref, want_views: bool, use_gpu
     cfgs = {}
     for cfg in teacher_configs(sw, base):
         cfgs.setdefault(teacher_key(cfg, split), cfg)
-    names = ", ".join(f"{c.teacher.arch}/{c.teacher.stem}" for c in cfgs.values())
+    names = ", ".join(c.teacher.name() for c in cfgs.values())
     metas, out = {}, {}
     t0 = time.time()
     if in_driver:

@@ -16,7 +16,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402  isort: skip
 
 from ..config import SweepConfig
 from ..errors import KDTuneError
-from .plan import baseline_configs, n_trials
+from .plan import baseline_configs, encode_choice, n_trials
 
 
 def optuna_space(sw: SweepConfig, notes: bool = False) -> dict:
@@ -40,7 +40,8 @@ def optuna_space(sw: SweepConfig, notes: bool = False) -> dict:
                     space[key] = d.IntDistribution(int(spec.low), int(spec.high),
                                                    step=int(spec.step or 1))
                 else:
-                    space[key] = d.CategoricalDistribution(spec.values)
+                    space[key] = d.CategoricalDistribution([encode_choice(v)
+                                                            for v in spec.values])
         except ValueError as e:
             raise KDTuneError(f"{where}: {e}") from None
         if notes and caught and spec.type in ("uniform", "int"):  # high not on the step grid
@@ -55,7 +56,8 @@ def make_sampler(sw: SweepConfig):
     seed = sw.search.search_seed
     s = sw.search.sampler
     if s == "grid":
-        return optuna.samplers.GridSampler({k: v.values for k, v in sw.space.items()}, seed=seed)
+        return optuna.samplers.GridSampler({k: [encode_choice(x) for x in v.values]
+                                            for k, v in sw.space.items()}, seed=seed)
     if s == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     if s == "random":

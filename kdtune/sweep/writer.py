@@ -283,6 +283,9 @@ class ResultsWriter(tune.Callback):
                # when this process saw it start and end (driver clock): how trials overlapped
                "started_at": self.started.get(trial.trial_id), "finished_at": time.time()}
         row.update(cfg.flat())
+        if row.get("teacher.ensemble") is not None:  # one text cell, as Parquet keeps it
+            row["teacher.ensemble"] = json.dumps(row["teacher.ensemble"])
+        row["teacher_name"] = cfg.teacher.name()
         row["data.label"] = self.label  # the data's name as loaded (the config's may be unset)
         row["seed"] = cfg.seed
         for k, v in result.items():
