@@ -20,7 +20,8 @@ from .config import LOGIT_METHODS, TrialConfig, check_teacher_cache
 from .data import DeviceData, Split, load_split, num_views
 from .errors import KDTuneError
 from .distill import Distiller, check_method, teacher_mode
-from .models import architecture_signature, create_model, rebuild_student, save_student
+from .models import (architecture_signature, create_model, model_family, rebuild_student,
+                     save_student)
 from .prune import apply_pruning, make_permanent, prune_channels, sparsity
 from .storage import atomic_path
 from .teacher import has_vit, prepare_teacher
@@ -313,7 +314,7 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
                                         autocast_bf16=bf16),
             "test_acc": measure.accuracy(student, dd.eval_batches("test", eval_bs),
                                          autocast_bf16=bf16),
-            "teacher_name": cfg.teacher.name(),
+            "teacher_name": cfg.teacher.name(), "student_family": model_family(cfg.student.arch),
             "teacher_members": json.dumps(teacher.members) if getattr(teacher, "members", None)
             else None,
             "teacher_val_acc": teacher.val_acc if teacher is not None else None,

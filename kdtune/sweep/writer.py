@@ -21,6 +21,7 @@ import pandas as pd
 
 from ..config import SweepConfig
 from ..errors import KDTuneError
+from ..models import model_family
 from ..results import NUMERIC_METRIC_COLUMNS
 from ..storage import RunStore, atomic_path
 from ._ray import ray, tune
@@ -286,6 +287,7 @@ class ResultsWriter(tune.Callback):
         if row.get("teacher.ensemble") is not None:  # one text cell, as Parquet keeps it
             row["teacher.ensemble"] = json.dumps(row["teacher.ensemble"])
         row["teacher_name"] = cfg.teacher.name()
+        row["student_family"] = model_family(cfg.student.arch)
         row["data.label"] = self.label  # the data's name as loaded (the config's may be unset)
         row["seed"] = cfg.seed
         for k, v in result.items():
