@@ -62,7 +62,8 @@ def cmd_validate(args) -> int:
 
     raw = read_yaml(args.config)
     if "search" in raw:
-        from .sweep.plan import baseline_configs, check_methods, n_trials, teacher_configs
+        from .sweep.plan import (baseline_configs, check_methods, n_trials, skip_note,
+                                 teacher_configs)
 
         sw = load_sweep_config(args.config)
         check_methods(sw)
@@ -73,6 +74,8 @@ def cmd_validate(args) -> int:
               f"runs ({no_kd} no-KD at alpha = 0 and {len(fixed) - no_kd} KD twin(s), per "
               f"seed), {len(sw.search.seeds)} seed(s), "
               f"{len(teacher_configs(sw, sw.base.to_dict()))} teacher(s))")
+        if skip_note(sw):
+            print(f"note: {skip_note(sw)}")
     else:
         from .distill import check_method
 

@@ -118,10 +118,11 @@ class TeacherConfig:
     # views: precompute logits of all 162 crop/flip views once; none: teacher forward per step;
     # auto: views for sweeps, none for a lone trial (see README, "Teacher cache").
     cache: str = _f("auto", choices=TEACHER_CACHES)
-    ensemble: list | None = _f(None, doc="two or more teachers, each a mapping of teacher "
+    ensemble: list | None = _f(None, doc="teachers, each an arch name or a mapping of teacher "
                                "keys (arch required; the rest default to this section's); "
                                "the student learns from the average of their T-softened "
-                               "probabilities. Replaces teacher.arch/stem/...")
+                               "probabilities. Replaces teacher.arch/stem/...; a list of one "
+                               "is that teacher alone")
 
     def members(self) -> list["TeacherConfig"]:
         """The teachers this config names: the ensemble's members, or itself."""
@@ -316,6 +317,10 @@ class SweepConfig:
     base: TrialConfig
     search: SearchConfig
     space: dict[str, ParamSpec]
+    # combinations of searched values that cannot run together, each as ({key: value}, why):
+    # a feature kd.method with a teacher.ensemble, in a space that searches both. The sweep
+    # skips them (kdtune.sweep.plan.skipped) and says so; every other combination runs.
+    skip: list = field(default_factory=list)
 
 
 # --- generic checking -----------------------------------------------------------------------
@@ -470,13 +475,18 @@ def _check_trial(cfg: TrialConfig) -> TrialConfig:
     if cfg.prune.method == "channel" and cfg.prune.include_linear:
         raise KDTuneError("prune.include_linear: applies to prune.method: unstructured only; "
                           "channel pruning never cuts the output classifier")
+    if cfg.train.schedule == "onecycle" and cfg.train.warmup_epochs:
+        raise KDTuneError("train.warmup_epochs: applies to train.schedule: cosine only "
+                          "(onecycle warms up by itself); drop it or use schedule: cosine")
     dev = cfg.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise KDTuneError(f"device: got {dev!r}; allowed: auto, cpu, cuda, cuda:N")
-    if cfg.teacher.pretrained and cfg.teacher.arch not in ("resnet18", "resnet34", "resnet50",
-                                                            "mobilenet_v3_small"):
-        raise KDTuneError(f"teacher.pretrained: imagenet weights exist only for resnet18, "
-                          f"resnet34, resnet50, mobilenet_v3_small, not {cfg.teacher.arch}")
+    for i, t in enumerate(cfg.teacher.members()):
+        where = f"teacher.ensemble[{i}]" if cfg.teacher.ensemble else "teacher"
+        if t.pretrained and t.arch not in ("resnet18", "resnet34", "resnet50",
+                                           "mobilenet_v3_small"):
+            raise KDTuneError(f"{where}.pretrained: imagenet weights exist only for resnet18, "
+                              f"resnet34, resnet50, mobilenet_v3_small, not {t.arch}")
     return cfg
 
 
@@ -515,9 +525,8 @@ def _build_ensemble(members) -> list[dict] | None:
     as written, since what they leave out comes from the teacher section."""
     if members is None:
         return None
-    if len(members) < 2:
-        raise KDTuneError(f"teacher.ensemble: needs two or more teachers, got {len(members)}; "
-                          "a single teacher is teacher.arch")
+    if not isinstance(members, list) or not members:
+        raise KDTuneError(f"teacher.ensemble: expected a list of teachers, got {members!r}")
     out = []
     for i, m in enumerate(members):
         where = f"teacher.ensemble[{i}]"
@@ -568,6 +577,12 @@ def trial_config(raw: dict | None = None, overrides: list[tuple[str, Any]] | Non
         set_dotted(raw, key, value)
     cfg = build(TrialConfig, raw)
     cfg.teacher.ensemble = _build_ensemble(cfg.teacher.ensemble)
+    if cfg.teacher.ensemble and len(cfg.teacher.ensemble) == 1:
+        # a list of one is that teacher alone, written into teacher.*: a sweep can search
+        # single teachers and ensembles on one axis, and the result columns stay one teacher's
+        member = cfg.teacher.members()[0]
+        member.cache, member.ensemble = cfg.teacher.cache, None
+        cfg.teacher = member
     _check_family(cfg)
     cfg = _check_trial(cfg)
     return resolve_recipe(cfg) if resolve else cfg
@@ -604,7 +619,8 @@ def check_teacher_cache(methods: set[str], teacher: TeacherConfig, alpha: float)
     sweep that searches kd.method over logit and feature methods uses it for its logit/dkd
     trials; a config whose every method needs features cannot use it at all) and no vision
     transformer (they run online, kdtune.teacher). An ensemble serves logit methods only: the
-    feature methods match one teacher's feature maps or embedding."""
+    feature methods match one teacher's feature maps or embedding (a sweep searching methods
+    skips those pairs, see SweepConfig.skip; it fails only when no method is left)."""
     if alpha == 0:
         return
     from .models import model_family
@@ -620,7 +636,7 @@ def check_teacher_cache(methods: set[str], teacher: TeacherConfig, alpha: float)
                           "teachers run online (their view cache would cost 162 forward "
                           "passes per image); use teacher.cache: auto or none")
     feature = sorted(set(methods) & set(FEATURE_METHODS))
-    if teacher.ensemble and feature:
+    if teacher.ensemble and feature and (len(methods) == 1 or set(methods) <= set(feature)):
         raise KDTuneError(f"kd.method: {', '.join(feature)} cannot distil from "
                           "teacher.ensemble: it matches one teacher's features, and an "
                           "ensemble has no single feature map; use kd.method: logit or dkd "
@@ -771,15 +787,27 @@ def sweep_config(raw: dict, overrides=None, default_name: str = "sweep") -> Swee
                   "search.space.")
     # a searched alpha, or baseline: true (its KD twins), has KD trials whatever the base says
     alpha = 1.0 if "kd.alpha" in space or search.baseline else base.kd.alpha
+    _check_searched_stem(base, space)
     teacher_keys = [k for k in space if k.startswith("teacher.") and k != "teacher.cache"]
+    skip = []
     for combo in itertools.product(*[space[k].values or [] for k in teacher_keys]):
         teacher = trial_config(base.to_dict(), list(zip(teacher_keys, combo)),
                                resolve=False).teacher
-        check_teacher_cache(methods, teacher, alpha)
+        check_teacher_cache(methods, teacher, alpha)  # what no method of the space can fix
+        if "kd.method" not in space:
+            continue
+        # both searched: a method this teacher cannot serve skips that pair, the rest runs
+        for m in sorted(methods):
+            if not (teacher.ensemble and m in FEATURE_METHODS):
+                continue  # teacher.cache: views with a feature method serves the others
+            try:
+                check_teacher_cache({m}, teacher, alpha)
+            except KDTuneError as e:
+                skip.append(({**dict(zip(teacher_keys, combo)), "kd.method": m}, str(e)))
     if STEM_SHORTHAND in space and ("teacher.stem" in space or "student.stem" in space):
         raise KDTuneError("search.space.stem: sets teacher.stem and student.stem together; "
                           "drop the separate teacher.stem/student.stem entry")
-    _check_searched_stem(base, space)
+
     for metric, mode in search.objectives.items():
         if metric not in OBJECTIVE_METRICS:
             raise KDTuneError(f"search.objectives.{metric}: unknown objective; allowed: "
@@ -805,4 +833,4 @@ def sweep_config(raw: dict, overrides=None, default_name: str = "sweep") -> Swee
                               f"not grid: {', '.join(bad)}")
     elif grids:
         raise KDTuneError(f"search.space.{grids[0]}: type grid needs search.sampler: grid")
-    return SweepConfig(base=base, search=search, space=space)
+    return SweepConfig(base=base, search=search, space=space, skip=skip)

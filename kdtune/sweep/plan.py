@@ -61,6 +61,32 @@ def trial_cfg(base: dict, flat_config: dict) -> TrialConfig:
     return trial_config(base, expand(flat_config))
 
 
+def skipped(sw: SweepConfig, flat_config: dict) -> str | None:
+    """Why the sweep skips this combination of searched values (SweepConfig.skip), or None."""
+    values = dict(expand(flat_config))
+    for combo, why in sw.skip:
+        if all(k in values and values[k] == v for k, v in combo.items()):
+            return why
+    return None
+
+
+def skip_note(sw: SweepConfig) -> str | None:
+    """One line naming what the sweep skips, for its start and `kdtune validate`."""
+    if not sw.skip:
+        return None
+    pairs = "; ".join(", ".join(f"{k}={_short(v)}" for k, v in combo.items())
+                      for combo, _ in sw.skip)
+    return (f"skipping {len(sw.skip)} combination(s) that cannot run ({pairs}): "
+            f"{sw.skip[0][1].split(':', 1)[-1].strip()}")
+
+
+def _short(value) -> str:
+    if isinstance(value, list):  # a teacher.ensemble: its archs
+        return "[" + " + ".join(m["arch"] if isinstance(m, dict) else str(m)
+                                for m in value) + "]"
+    return str(value)
+
+
 def cost_group(cfg: TrialConfig) -> str:
     """The ASHA group of a trial: its values of ASHA_GROUP_BY, e.g. "resnet20|cifar|32px"."""
     return f"{cfg.student.arch}|{cfg.student.stem}|{cfg.data.resize or 32}px"
@@ -114,16 +140,23 @@ def baseline_configs(sw: SweepConfig) -> list[dict]:
             for m in methods:
                 twin = {GROUP_KEY: a, stem_key: s, "kd.alpha": twin_alpha, BASELINE_KEY: True}
                 twin = twin if m is None else {**twin, METHOD_KEY: m}
+                if skipped(sw, twin):
+                    continue
                 if not grid or trial_cfg(sw.base.to_dict(), twin) not in grid:
                     out.append(twin)
     return out
 
 
-def _grid_configs(sw: SweepConfig) -> list[TrialConfig]:
+def _grid_points(sw: SweepConfig) -> list[dict]:
     keys = list(sw.space)
+    points = [dict(zip(keys, combo))
+              for combo in itertools.product(*[_values(sw.space[k]) for k in keys])]
+    return [p for p in points if not skipped(sw, p)]
+
+
+def _grid_configs(sw: SweepConfig) -> list[TrialConfig]:
     base = sw.base.to_dict()
-    return [trial_cfg(base, dict(zip(keys, combo)))
-            for combo in itertools.product(*[_values(sw.space[k]) for k in keys])]
+    return [trial_cfg(base, p) for p in _grid_points(sw)]
 
 
 def check_methods(sw: SweepConfig, base: dict | None = None) -> None:
@@ -154,9 +187,7 @@ def n_trials(sw: SweepConfig) -> int:
     seeds = len(sw.search.seeds)
     samples = sw.search.num_samples
     if sw.search.sampler == "grid":
-        samples = 1
-        for spec in sw.space.values():
-            samples *= len(spec.values)
+        samples = len(_grid_points(sw))
     return (samples + len(baseline_configs(sw))) * seeds
 
 

@@ -35,6 +35,7 @@ from .plan import (
     max_epochs,
     n_trials,
     resolve_paths,
+    skip_note,
     teacher_configs,
     trial_cfg,
 )
@@ -348,6 +349,8 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
               f"({len(split.y_train)} train / {len(split.y_val)} val / {len(split.y_test)} "
               f"test); teacher cache: {cache_note} -> {store}" + (
                   f" (working copy {run_dir})" if store.remote else ""), flush=True)
+        if skip_note(sw):
+            print(f"note: {skip_note(sw)}", flush=True)
         split_ref = ray.put(split)
         # A CPU-only machine that is the whole cluster: teachers and the final latency
         # measurement run in this process (torch is loaded here already) rather than in

@@ -16,7 +16,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402  isort: skip
 
 from ..config import SweepConfig
 from ..errors import KDTuneError
-from .plan import baseline_configs, encode_choice, n_trials
+from .plan import baseline_configs, encode_choice, n_trials, skipped
 
 
 def optuna_space(sw: SweepConfig, notes: bool = False) -> dict:
@@ -78,6 +78,7 @@ class SeededSearch(Searcher):
         metric = self.metrics if len(self.metrics) > 1 else self.metrics[0]
         mode = modes if len(modes) > 1 else modes[0]
         super().__init__(metric=metric, mode=mode)
+        self.sw = sw
         space = optuna_space(sw)
         self.inner = OptunaSearch(space=space, metric=metric, mode=mode, sampler=make_sampler(sw),
                                   seed=sw.search.search_seed) if space else None
@@ -90,6 +91,7 @@ class SeededSearch(Searcher):
         self.primary: str | None = None  # trial id Optuna knows the current config by
         self.groups: dict[str, dict] = {}  # primary trial id -> {trial ids, results}
         self.owner: dict[str, str] = {}  # trial id -> primary trial id
+        self.inner_ids: dict[str, str] = {}  # primary trial id -> Optuna's id for its config
 
     def set_search_properties(self, metric, mode, config, **spec):
         return True
@@ -101,11 +103,23 @@ class SeededSearch(Searcher):
             self.issued += 1
             return self.fixed.pop(0)
         if not self.queue:
-            cfg = self.inner.suggest(trial_id) if self.inner is not None else {}
+            inner_id = trial_id
+            cfg = self.inner.suggest(inner_id) if self.inner is not None else {}
+            tries = 0
+            while isinstance(cfg, dict) and skipped(self.sw, cfg) and tries < 1000:
+                # a combination the sweep skips (plan.skipped): Optuna learns it was pruned
+                # and is asked again, under an id Tune never sees; it costs no trial
+                self.inner.on_trial_complete(inner_id, result=None)
+                tries += 1
+                inner_id = f"{trial_id}~skip{tries}"
+                cfg = self.inner.suggest(inner_id)
+            if tries == 1000:
+                cfg = "FINISHED"
             if cfg == "FINISHED":
                 self.exhausted = True
             if cfg is None or cfg == "FINISHED":
                 return cfg
+            self.inner_ids[trial_id] = inner_id
             self.groups[trial_id] = {"ids": [], "results": {}}
             self.queue = [dict(cfg, seed=s) for s in self.seeds]
             self.primary = trial_id
@@ -128,9 +142,10 @@ class SeededSearch(Searcher):
             done = [r for r in g["results"].values() if r]
             if done and all(all(k in r for k in self.metrics) for r in done):
                 mean = {k: sum(r[k] for r in done) / len(done) for k in self.metrics}
-                self.inner.on_trial_complete(primary, result=mean)
+                self.inner.on_trial_complete(self.inner_ids.get(primary, primary), result=mean)
             else:
-                self.inner.on_trial_complete(primary, result=None, error=True)
+                self.inner.on_trial_complete(self.inner_ids.get(primary, primary),
+                                             result=None, error=True)
 
     # Tune writes save() to a temporary name and renames it: everything goes into that one file.
     def save(self, checkpoint_path):
