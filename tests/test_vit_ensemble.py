@@ -1,0 +1,305 @@
+"""ViT students and teachers, their recipe, and teacher ensembles (issue 13), on tiny synthetic
+data: a CIFAR-10 epoch of ViT-Tiny takes over half an hour on a 2-core CPU."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from kdtune.config import load_sweep_config, load_trial_config, sweep_config, trial_config
+from kdtune.errors import KDTuneError
+from kdtune.losses import ensemble_logits, kd_loss
+from kdtune.models import create_model, feature_stages, load_student, model_family
+from kdtune.prune import output_layer
+from kdtune.train import make_optimizer, make_schedule
+from kdtune.trial import run_trial
+
+quiet = dict(log=lambda m: None)
+
+
+def vit_raw(raw: dict, **sections) -> dict:
+    """tiny_raw with a smaller train set (a ViT step costs ~10x a cnn4 step) and changes."""
+    raw = copy.deepcopy(raw)
+    raw["data"]["synthetic_train"] = 200
+    raw["train"].pop("lr")  # each family's own recipe
+    for section, changes in sections.items():
+        raw.setdefault(section, {}).update(changes)
+    return raw
+
+
+# --- the models ------------------------------------------------------------------------------
+
+
+def test_vit_sizes_shapes_and_what_they_lack():
+    tiny, half = create_model("vit_tiny"), create_model("vit_tiny_d6")
+    # 12 and 6 blocks of width 192 (3 heads), patch 4: 64 tokens + the class token
+    assert sum(p.numel() for p in tiny.parameters()) == 5_362_762
+    assert sum(p.numel() for p in half.parameters()) == 2_693_578
+    assert len(tiny.blocks) == 12 and len(half.blocks) == 6
+    assert tiny.pos_embed.shape == (1, 65, 192) and tiny.blocks[0].attn.heads == 3
+    assert model_family("vit_tiny") == "vit" and model_family("resnet20") == "cnn"
+    with torch.no_grad():
+        assert half.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+        # another input size interpolates the position embeddings
+        assert half(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    assert output_layer(half) is half.head  # what cosine distillation hooks
+    with pytest.raises(KDTuneError, match="no registered feature stages"):
+        feature_stages("vit_tiny_d6", half)
+    with pytest.raises(KDTuneError, match="no stem"):
+        create_model("vit_tiny", stem="standard")
+
+
+def test_vit_runs_in_bf16_channels_last_on_cpu():
+    model = create_model("vit_tiny_d6").to(memory_format=torch.channels_last).eval()
+    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        out = model(x)
+    assert out.shape == (2, 10) and torch.isfinite(out.float()).all()
+
+
+# --- the recipe ------------------------------------------------------------------------------
+
+
+def test_each_family_gets_its_recipe_unless_written():
+    cnn = trial_config({"student": {"arch": "resnet8"}, "teacher": {"arch": "vit_tiny",
+                                                                    "epochs": 20}})
+    assert (cnn.train.optimizer, cnn.train.lr, cnn.train.weight_decay,
+            cnn.train.warmup_epochs) == ("sgd", 0.1, 5e-4, 0.0)
+    assert (cnn.teacher.optimizer, cnn.teacher.lr, cnn.teacher.weight_decay,
+            cnn.teacher.warmup_epochs) == ("adamw", 1e-3, 0.05, 2.0)
+    vit = trial_config({"student": {"arch": "vit_tiny_d6"}, "train": {"epochs": 100}})
+    assert (vit.train.optimizer, vit.train.lr, vit.train.weight_decay) == ("adamw", 1e-3, 0.05)
+    assert vit.train.warmup_epochs == 5.0  # 10 % of the epochs, at most DeiT's 5
+    assert trial_config({"student": {"arch": "vit_tiny_d6"},
+                         "train": {"epochs": 6}}).train.warmup_epochs == 0.6
+    mine = trial_config({"student": {"arch": "vit_tiny_d6"},
+                         "train": {"lr": 3e-4, "optimizer": "sgd", "warmup_epochs": 0}})
+    assert (mine.train.optimizer, mine.train.lr, mine.train.warmup_epochs) == ("sgd", 3e-4, 0)
+
+
+def test_sweep_resolves_the_recipe_per_trial_arch():
+    from kdtune.sweep.plan import trial_cfg
+
+    sw = sweep_config({"student": {"arch": "resnet8"}, "search": {"space": {
+        "student.arch": {"type": "choice", "values": ["resnet8", "vit_tiny_d6"]}}}})
+    assert sw.base.train.optimizer is None  # the base stays unresolved
+    base = sw.base.to_dict()
+    assert trial_cfg(base, {"student.arch": "vit_tiny_d6"}).train.optimizer == "adamw"
+    assert trial_cfg(base, {"student.arch": "resnet8"}).train.optimizer == "sgd"
+
+
+def test_warmup_ramps_linearly_then_decays():
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([w], lr=1.0)
+    sched = make_schedule(opt, "cosine", 1.0, total_steps=14, warmup_steps=4)
+    lrs = []
+    for _ in range(14):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    # then the cosine over the remaining 10 steps
+    assert lrs[4:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(10)])
+
+
+def test_adamw_does_not_decay_norms_biases_or_embeddings():
+    model = create_model("vit_tiny_d6")
+    opt = make_optimizer(model, "adamw", 1e-3, 0.05)
+    decay = {id(p) for p in opt.param_groups[0]["params"]}
+    assert opt.param_groups[0]["weight_decay"] == 0.05
+    assert opt.param_groups[1]["weight_decay"] == 0.0
+    assert id(model.head.weight) in decay and id(model.blocks[0].mlp[0].weight) in decay
+    for p in (model.pos_embed, model.cls_token, model.norm.weight, model.head.bias):
+        assert id(p) not in decay
+
+
+def test_onecycle_with_warmup_is_refused():
+    with pytest.raises(KDTuneError, match="train.warmup_epochs: applies to train.schedule: "
+                                          "cosine only"):
+        trial_config({"train": {"schedule": "onecycle", "warmup_epochs": 2}})
+
+
+# --- what a ViT cannot do, and ensemble keys -------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"student": {"arch": "vit_tiny_d6", "stem": "standard"}},
+     "student.stem: vit_tiny_d6 is a vision transformer and has no stem"),
+    ({"teacher": {"arch": "vit_tiny", "stem": "standard"}},
+     "teacher.stem: vit_tiny is a vision transformer"),
+    ({"teacher": {"ensemble": ["resnet8", {"arch": "vit_tiny", "stem": "standard"}]}},
+     r"teacher.ensemble\[1\].stem: vit_tiny is a vision transformer"),
+    ({"student": {"arch": "vit_tiny_d6"}, "prune": {"ratio": 0.3, "method": "channel"}},
+     "prune.method: channel cannot prune vit_tiny_d6"),
+    ({"student": {"arch": "vit_tiny_d6"}, "prune": {"ratio": 0.3}},
+     "prune.include_linear: vit_tiny_d6 is a vision transformer"),
+    ({"teacher": {"arch": "vit_tiny", "cache": "views"}},
+     "teacher.cache: views: vit_tiny is a vision transformer"),
+    ({"teacher": {"ensemble": ["resnet8", "vit_tiny"], "cache": "views"}},
+     "teacher.cache: views: vit_tiny is a vision transformer"),
+    ({"teacher": {"ensemble": ["resnet8", "resnet20"]}, "kd": {"method": "fitnets"}},
+     "kd.method: fitnets cannot distil from teacher.ensemble"),
+    ({"teacher": {"ensemble": ["resnet8", "resnet20"]}, "kd": {"method": "cosine"}},
+     "kd.method: cosine cannot distil from teacher.ensemble"),
+    ({"teacher": {"ensemble": ["resnet8", {"arch": "resnet20", "cache": "none"}]}},
+     r"teacher.ensemble\[1\].cache: unknown key; allowed: arch, stem"),
+    ({"teacher": {"ensemble": ["resnet8", "resnet9"]}},
+     r"teacher.ensemble\[1\].arch: got 'resnet9'; allowed: .*vit_tiny"),
+    ({"teacher": {"ensemble": []}}, "teacher.ensemble: expected a list of teachers"),
+    ({"teacher": {"ensemble": [{"stem": "cifar"}]}},
+     r"teacher.ensemble\[0\]: expected a mapping with arch"),
+])
+def test_trial_config_refusals_name_the_key(tmp_path, raw, needle):
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(KDTuneError, match=needle):
+        load_trial_config(path)
+
+
+def test_a_vit_prunes_its_linear_layers_and_reloads(tiny_raw, tmp_path):
+    raw = vit_raw(tiny_raw, student={"arch": "vit_tiny_d6"},
+                  prune={"ratio": 0.3, "finetune_epochs": 1, "include_linear": True})
+    raw["train"]["epochs"] = 1
+    r = run_trial(trial_config(raw), checkpoint_dir=tmp_path, **quiet)
+    assert r["sparsity_pruned"] == pytest.approx(0.3, abs=0.01)
+    reloaded = load_student(tmp_path / "student.pt")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x), r["model"].eval()(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("space, needle", [
+    ({"stem": {"type": "choice", "values": ["cifar", "standard"]},
+      "student.arch": {"type": "choice", "values": ["resnet8", "vit_tiny_d6"]}},
+     "search.space.stem: vit_tiny_d6 .student. is a vision transformer and has no stem"),
+    ({"teacher.stem": {"type": "choice", "values": ["cifar", "standard"]},
+      "teacher.ensemble": {"type": "choice", "values": [None, ["resnet8", "vit_tiny"]]}},
+     "search.space.teacher.stem: vit_tiny .teacher. is a vision transformer"),
+    ({"kd.method": {"type": "choice", "values": ["fitnets", "cosine"]}},
+     "kd.method: cosine, fitnets cannot distil from teacher.ensemble"),
+])
+def test_sweep_refusals(space, needle):
+    raw = {"teacher": {"ensemble": ["resnet8", "resnet20"]} if "kd.method" in space else {},
+           "search": {"space": space}}
+    with pytest.raises(KDTuneError, match=needle):
+        sweep_config(raw)
+
+
+def test_a_one_teacher_list_is_that_teacher():
+    cfg = trial_config({"teacher": {"arch": "resnet18", "epochs": 7,
+                                    "ensemble": [{"arch": "vit_tiny", "epochs": 3}]}})
+    assert cfg.teacher.ensemble is None
+    assert (cfg.teacher.arch, cfg.teacher.epochs, cfg.teacher.optimizer) == \
+        ("vit_tiny", 3, "adamw")
+    assert cfg.teacher.name() == "vit_tiny"
+    two = trial_config({"teacher": {"epochs": 7, "ensemble": ["resnet20", "vit_tiny"]}})
+    assert two.teacher.name() == "ensemble resnet20/cifar + vit_tiny"
+    # members inherit what they leave out from the teacher section, each its own recipe
+    assert [(m.epochs, m.optimizer) for m in two.teacher.members()] == [(7, "sgd"),
+                                                                         (7, "adamw")]
+    # a resolved config reads back as written
+    again = trial_config(two.to_dict())
+    assert again == two
+
+
+# --- the ensemble's loss --------------------------------------------------------------------
+
+
+def test_ensemble_logits_soften_to_the_members_mean():
+    torch.manual_seed(0)
+    z = torch.randn(5, 3, 10) * 4
+    for t in (1.0, 4.0):
+        mean = F.softmax(z / t, -1).mean(1)
+        assert torch.allclose(F.softmax(ensemble_logits(z, t) / t, -1), mean, atol=1e-6)
+    # a hand value: members certain of class 0 and of class 1 -> 50/50 over those two
+    z = torch.tensor([[[100.0, 0.0], [0.0, 100.0]]])
+    assert torch.allclose(F.softmax(ensemble_logits(z, 1.0), -1), torch.tensor([[0.5, 0.5]]))
+    # and KD from it is KL(mean || student) x T^2, as Hinton et al. average the ensemble
+    s, y = torch.randn(4, 10), torch.tensor([0, 1, 2, 3])
+    z = torch.randn(4, 2, 10)
+    p = F.softmax(z / 4, -1).mean(1)
+    kl = (p * (p.log() - F.log_softmax(s / 4, -1))).sum(1).mean() * 16
+    assert kd_loss(s, ensemble_logits(z, 4.0), y, 4.0, 1.0) == pytest.approx(kl.item(), rel=1e-5)
+
+
+# --- trials across CNN and ViT, and from an ensemble ---------------------------------------
+
+
+@pytest.mark.parametrize("student, teacher, method", [
+    ("vit_tiny_d6", "cnn4", "logit"),
+    ("cnn4", "vit_tiny_d6", "dkd"),
+    ("cnn4", "vit_tiny_d6", "cosine"),   # widths 96 -> 192: a projection
+    ("vit_tiny_d6", "vit_tiny_d6", "cosine"),  # equal widths: none
+])
+def test_distillation_across_cnn_and_vit(tiny_raw, student, teacher, method):
+    raw = vit_raw(tiny_raw, student={"arch": student},
+                  teacher={"arch": teacher, "epochs": 1 if teacher.startswith("vit") else 3},
+                  kd={"method": method})
+    if method == "dkd":
+        raw["kd"].pop("alpha")
+    r = run_trial(trial_config(raw), **quiet)
+    assert r["kd_method"] == method and r["teacher_name"] == (
+        teacher if teacher.startswith("vit") else f"{teacher}/cifar")
+    assert r["teacher_cache"] == "none"  # ViT teachers and cosine run online
+    assert r["student_family"] == model_family(student)
+    assert all(math.isfinite(h["train_loss"]) for h in r["history"])
+    assert r["test_acc"] > 0.15  # chance is 0.1 on the synthetic 10-class data
+
+
+def test_ensemble_members_prepared_once_views_stacked_and_loss_uses_the_mean(tiny_raw,
+                                                                             tmp_path):
+    from kdtune.data import DeviceData, load_split
+    from kdtune.distill import Distiller
+    from kdtune.teacher import prepare_teacher
+
+    raw = copy.deepcopy(tiny_raw)
+    raw["teacher"].update(ensemble=["cnn4", {"arch": "resnet8", "epochs": 2}], cache="views")
+    cfg = trial_config(raw)
+    split = load_split(cfg.data, cfg.cache_dir)
+    dd = DeviceData(split, torch.device("cpu"))
+    logs = []
+    ens = prepare_teacher(cfg, split, dd, want_views=True, log=logs.append)
+    assert ens.views.shape == (dd.n_train, 162, 2, 10)
+    assert [m["name"] for m in ens.members] == ["cnn4/cifar", "resnet8/cifar"]
+    assert ens.test_acc > 0.3
+    # each member has its own cache folder, and a second preparation trains nothing
+    folders = [p for p in (tmp_path / "cache" / "teachers").iterdir() if p.is_dir()]
+    assert len(folders) == 2
+    logs.clear()
+    prepare_teacher(cfg, split, dd, want_views=True, log=logs.append)
+    assert sum("cache hit" in m for m in logs) == 2 and not any("trained" in m for m in logs)
+    # the step's teacher target: the members' mean T-softened probabilities, per view
+    distiller = Distiller(cfg, ens, "views", torch.device("cpu"), bf16=False, input_size=32,
+                          channels_last=False)
+    idx, view = torch.tensor([0, 5, 7]), torch.tensor([0, 80, 161])
+    t = distiller._teacher_logits(idx, None, view)
+    mean = F.softmax(ens.views[idx, view].float() / 4, -1).mean(1)
+    assert torch.allclose(F.softmax(t / 4, -1), mean, atol=1e-3)
+    # a whole trial on it
+    r = run_trial(cfg, teacher=ens, cache_mode="views", **quiet)
+    assert r["teacher_name"] == "ensemble cnn4/cifar + resnet8/cifar"
+    assert json.loads(r["teacher_members"])[1]["name"] == "resnet8/cifar"
+    assert r["teacher_cache"] == "views" and r["test_acc"] > 0.2
+
+
+def test_sweep_skips_ensemble_x_feature_method_and_counts_the_rest(tmp_path):
+    from kdtune.sweep.plan import baseline_configs, n_trials, skip_note, skipped
+
+    space = tmp_path / "s.yaml"
+    space.write_text(yaml.safe_dump({
+        "teacher": {"arch": "cnn4"},
+        "search": {"sampler": "grid", "scheduler": "fifo", "baseline": True, "space": {
+            "teacher.ensemble": {"type": "grid", "values": [["cnn4"], ["cnn4", "resnet8"]]},
+            "kd.method": {"type": "grid", "values": ["logit", "cosine"]}}}}))
+    sw = load_sweep_config(space)
+    assert skipped(sw, {"teacher.ensemble": json.dumps(["cnn4", "resnet8"]),
+                        "kd.method": "cosine"})
+    assert not skipped(sw, {"teacher.ensemble": json.dumps(["cnn4"]), "kd.method": "cosine"})
+    assert "skipping 1 combination(s)" in skip_note(sw)
+    # 4 grid points - 1 skipped, + 1 no-KD run (the twins are grid points already)
+    assert n_trials(sw) == 3 + 1
+    assert len(baseline_configs(sw)) == 1
