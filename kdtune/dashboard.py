@@ -27,6 +27,15 @@ DKD). KD vs no KD is then compared per method, and labels name the method; DKD's
 ``kd.alpha`` (only α = 0 matters: it switches distillation off), so a DKD row never shows α and
 stays out of the α ablation. A run written before ``kd.method`` existed is logit KD throughout
 and looks as it always did.
+
+A sweep may also search the teacher (``teacher.arch``, ``teacher.ensemble``). Each teacher
+(``teacher_name``: "resnet20/cifar", "vit_tiny", "ensemble resnet20/cifar + vit_tiny") gets its
+own dotted reference line; when the KD trials distilled from more than one, the ablations get a
+teacher row, KD vs no KD is compared per teacher (the teacher keys are inert at α = 0, so a
+no-KD config is every teacher's twin), labels and tables name a KD config's teacher, and
+report.json lists each teacher's accuracy and its KD students'. A vision-transformer student
+(``student_family`` "vit") has no stem: its labels show the architecture alone and the stem
+comparison leaves it out.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +62,7 @@ from kdtune.results import (
     aggregate_seeds,
     ci95_halfwidth,
     config_columns,
+    ensemble_name,
     kd_method,
     latency_column,
     latency_device,
@@ -201,6 +212,8 @@ def _value(key: str, x) -> str:
         return "yes" if x else "no"
     if key == "prune.ratio":
         return f"{100 * float(x):.0f} %"
+    if key == "teacher.ensemble":  # the members' configs as JSON text: name them instead
+        return ensemble_name(x) or str(x)
     if isinstance(x, int | float | np.integer | np.floating):
         return _num(x)
     return str(x)
@@ -324,16 +337,80 @@ def _pruning(row) -> str:
     return f"pruned {100 * ratio:.0f} % of {what}"
 
 
-def _config_label(row, *, arch: bool = True) -> str:
+def _is_vit(row) -> bool:
+    """A vision-transformer student: it has no stem (its student.stem column means nothing)."""
+    return row.get("student_family") == "vit"
+
+
+def _stem_cell(row) -> str:
+    """student.stem in a table: "—" for a ViT, which has none."""
+    return "—" if _is_vit(row) else str(row.get("student.stem"))
+
+
+def _student_text(row, sep: str = " · ") -> str:
+    """"resnet8 · cifar stem", or just "vit_tiny_d6" (a ViT has no stem)."""
+    arch = str(row.get("student.arch"))
+    return arch if _is_vit(row) else f"{arch}{sep}{row.get('student.stem')} stem"
+
+
+def _teacher_of(row) -> str:
+    """The teacher a row names (results fills teacher_name in; a hand-built row may lack it)."""
+    name = row.get("teacher_name")
+    if not _isnan(name):
+        return str(name)
+    arch, stem = row.get("teacher.arch"), row.get("teacher.stem")
+    return str(arch) if str(arch).startswith("vit") or _isnan(stem) else f"{arch}/{stem}"
+
+
+def _teacher_cell(row) -> str:
+    """The teacher in a table: "—" at α = 0 (no distillation, whatever teacher is configured)."""
+    return "—" if _no_kd(row) else _teacher_of(row)
+
+
+def _teachers_of(rows: pd.DataFrame) -> pd.Series:
+    """:func:`_teacher_of` of every row."""
+    if "teacher_name" in rows and rows["teacher_name"].notna().all():
+        return rows["teacher_name"].astype(str)
+    return pd.Series([_teacher_of(r) for _, r in rows.iterrows()], index=rows.index, dtype=object)
+
+
+def _teacher_text(row) -> str | None:
+    """"teacher vit_tiny" for a KD row; None at α = 0, which distilled from no teacher."""
+    return None if _no_kd(row) else f"teacher {_teacher_of(row)}"
+
+
+def _config_label(row, *, arch: bool = True, teacher: bool = False) -> str:
+    """``teacher``: name the KD row's teacher (a run with more than one)."""
     parts = []
     if arch:
         parts.append(str(row.get("student.arch")))
-    parts.append(f"{row.get('student.stem')} stem")
+    if not _is_vit(row):
+        parts.append(f"{row.get('student.stem')} stem")
     parts.append(_kd_text(row))
+    if teacher and _teacher_text(row):
+        parts.append(_teacher_text(row))
     if not _isnan(row.get("kd.label_smoothing")) and row.get("kd.label_smoothing"):
         parts.append(f"ε {_num(row.get('kd.label_smoothing'))}")
     parts.append(_pruning(row))
     return " · ".join(parts)
+
+
+def _members(rows: pd.DataFrame) -> list[dict] | None:
+    """An ensemble's members from the first readable teacher_members cell (JSON text)."""
+    for text in rows.get("teacher_members", pd.Series(dtype=object)).dropna():
+        try:
+            members = json.loads(text) if isinstance(text, str) else text
+        except ValueError:
+            continue
+        if isinstance(members, list) and members:
+            return [m for m in members if isinstance(m, dict)]
+    return None
+
+
+def _label(row, data) -> str:
+    """A config's label as this dashboard shows it: naming the teacher when the KD trials
+    distilled from more than one."""
+    return _config_label(row, teacher=data.multi_teacher)
 
 
 def _e(x) -> str:
@@ -439,18 +516,48 @@ class _Data:
     def main_x(self) -> str | None:
         return self.lat or self.size
 
-    def teacher_lines(self) -> list[tuple[str, float]]:
-        """(label, accuracy fraction) per teacher."""
+    def teacher_names(self, kd_only: bool = True) -> list[str]:
+        """The distinct teacher_name values, in order of appearance; ``kd_only``: of the trials
+        that distilled (kd.alpha > 0: a no-KD row names the configured teacher but learnt
+        from none)."""
         t = self.trials
+        rows = t[t["kd.alpha"] > 0] if kd_only else t
+        return list(dict.fromkeys(_teachers_of(rows)))
+
+    @cached_property
+    def multi_teacher(self) -> bool:
+        """Whether the KD trials distilled from more than one teacher: labels then name it."""
+        return len(self.teacher_names()) > 1
+
+    def teachers(self) -> list[dict]:
+        """Each teacher whose accuracy was recorded, in order of appearance: ``name``,
+        ``test_acc``/``val_acc`` (fractions, mean over the rows that carry them: one cached
+        teacher has one accuracy), ``members`` (an ensemble's [{name, val_acc, test_acc}],
+        else None)."""
+        t = self.trials
+        names = _teachers_of(t)
         out = []
-        keys = [c for c in ("teacher.arch", "teacher.stem") if c in t]
-        for key, grp in t.groupby(keys, dropna=False, sort=False):
+        for name in dict.fromkeys(names):
+            grp = t[names == name]
             acc = grp["teacher_test_acc"].dropna()
             if acc.empty:
                 continue
-            arch, stem = key if isinstance(key, tuple) and len(key) == 2 else (key, None)
-            stem_txt = f", {stem} stem" if not _isnan(stem) else ""
-            out.append((f"teacher {arch}{stem_txt}: {_pct(acc.mean())}", float(acc.mean())))
+            val = grp["teacher_val_acc"].dropna() if "teacher_val_acc" in grp else acc.iloc[0:0]
+            out.append(dict(name=name, test_acc=float(acc.mean()),
+                            val_acc=float(val.mean()) if len(val) else math.nan,
+                            members=_members(grp)))
+        return out
+
+    def teacher_lines(self) -> list[tuple[str, float]]:
+        """(label, accuracy fraction) per teacher, e.g. ``("teacher ensemble resnet20/cifar +
+        vit_tiny: 61.2 % (members 58.1 %, 55.0 %)", 0.612)``."""
+        out = []
+        for t in self.teachers():
+            label = f"teacher {t['name']}: {_pct(t['test_acc'])}"
+            if t["members"]:
+                label += " (members " + ", ".join(_pct(m.get("test_acc"))
+                                                  for m in t["members"]) + ")"
+            out.append((label, t["test_acc"]))
         return out
 
     def arch_color(self, arch) -> str:
@@ -568,10 +675,10 @@ def _hidden_kd_keys(row) -> set[str]:
 def _hover_agg(row, data: _Data) -> str:
     """Hover text of one seed-averaged config: the full config and every metric, compact."""
     n = int(row["n_seeds"])
-    head = [f"<b>{_e(_config_label(row))}</b>",
+    head = [f"<b>{_e(_label(row, data))}</b>",
             f"<b>{ACC_LABEL}: {_metric(ACC, row.get(f'{ACC}_mean'), row.get(f'{ACC}_ci95'))}"
             f"</b> (95 % CI, {n} seed{'s' if n != 1 else ''}: {_e(row['seeds'])})"]
-    hidden = _hidden_kd_keys(row)
+    hidden = _hidden_kd_keys(row) | ({"student.stem"} if _is_vit(row) else set())
     config = [f"{key}={_value(key, row.get(key))}" for key in data.agg.columns
               if ("." in key or key == "is_baseline") and key not in hidden]
     metrics = []
@@ -594,16 +701,28 @@ def _hover_agg(row, data: _Data) -> str:
     return "<br>".join(lines)
 
 
+#: One line style per teacher (a run may hold several): dotted dark grey first, as before.
+TEACHER_LINES = [("#444444", "dot"), ("#8c2d04", "dash"), ("#4a1486", "dashdot"),
+                 ("#00441b", "longdash"), ("#7f7f7f", "longdashdot")]
+
+
+def _teacher_line_style(i: int) -> dict:
+    color, dash = TEACHER_LINES[i % len(TEACHER_LINES)]
+    return dict(color=color, dash=dash, width=1.5)
+
+
 def _teacher_hlines(fig, data: _Data, subplots: bool = False):
-    """The teacher's test accuracy as a dotted reference line, named in the legend (an
-    annotation on the line would hide the points next to it)."""
+    """Each teacher's test accuracy as a dotted reference line, named in the legend (an
+    annotation on the line would hide the points next to it): one line per teacher_name, an
+    ensemble's with its members' accuracies."""
     import plotly.graph_objects as go
 
     where = dict(row="all", col="all") if subplots else {}
-    for label, acc in data.teacher_lines():
-        fig.add_hline(y=100 * acc, line=dict(color="#444", dash="dot", width=1.5), **where)
+    for i, (label, acc) in enumerate(data.teacher_lines()):
+        line = _teacher_line_style(i)
+        fig.add_hline(y=100 * acc, line=line, **where)
         trace = go.Scatter(x=[None], y=[None], mode="lines", name=_e(label),
-                           line=dict(color="#444", dash="dot", width=1.5), hoverinfo="skip")
+                           line=line, hoverinfo="skip")
         if subplots:
             fig.add_trace(trace, row=1, col=1)
         else:
@@ -668,7 +787,7 @@ def _front_scatter(data: _Data, x: str, front_col: str, x_label: str, title: str
             x=others[raw_x], y=100 * others["val_acc"], mode="markers",
             name="stopped / errored (last val. acc., not eligible)",
             marker=dict(symbol="x-thin-open", size=9, color="#888"),
-            hovertext=[f"{_e(r['trial_id'])} ({_e(r['status'])})<br>{_e(_config_label(r))}"
+            hovertext=[f"{_e(r['trial_id'])} ({_e(r['status'])})<br>{_e(_label(r, data))}"
                        for _, r in others.iterrows()], hoverinfo="text",
         ))
     _teacher_hlines(fig, data)
@@ -740,8 +859,8 @@ def _panel_latency(data: _Data, lat: _Latency | None, key: str) -> _Panel:
     if lat.int8:
         text += (" <b>Here every accuracy is the INT8 file's own</b> (static post-training "
                  "quantization, calibrated on training images), measured in onnxruntime: the "
-                 f"front is chosen on its validation accuracy and shows its test accuracy; the "
-                 f"recipe is in the provenance.")
+                 "front is chosen on its validation accuracy and shows its test accuracy; the "
+                 "recipe is in the provenance.")
     if "arch_signature" in rows and rows["arch_signature"].notna().any():
         text += (" Configurations with the same architecture signature (architecture, stem, "
                  "input size, widths) share one latency measurement.")
@@ -767,7 +886,7 @@ def _panel_best_only(data: _Data) -> _Panel:
 
     agg = data.agg.dropna(subset=[f"{ACC}_mean"]).sort_values([SELECT, f"{ACC}_mean"]).tail(30)
     fig = go.Figure(go.Scatter(
-        x=100 * agg[f"{ACC}_mean"], y=[_config_label(r) for _, r in agg.iterrows()],
+        x=100 * agg[f"{ACC}_mean"], y=[_label(r, data) for _, r in agg.iterrows()],
         mode="markers",
         marker=dict(size=np.where(agg["on_front"], 14, 9),
                     color=np.where(agg["on_front"], "#d62728", "#1f77b4").tolist()),
@@ -775,8 +894,8 @@ def _panel_best_only(data: _Data) -> _Panel:
         hovertext=[_hover_agg(r, data) for _, r in agg.iterrows()], hoverinfo="text",
         name="configurations",
     ))
-    for label, acc in data.teacher_lines():
-        fig.add_vline(x=100 * acc, line=dict(color="#444", dash="dot"),
+    for i, (label, acc) in enumerate(data.teacher_lines()):
+        fig.add_vline(x=100 * acc, line=_teacher_line_style(i),
                       annotation_text=_e(label), annotation_position="bottom left")
     _base_layout(fig, height=max(320, 60 + 24 * len(agg)))
     fig.update_layout(meta={"title": "Configurations ranked by validation accuracy, test "
@@ -917,20 +1036,57 @@ def method_ablation(data: _Data) -> list[dict]:
             if rows.empty:
                 continue
             mean, ci, n = _mean_ci(rows[ACC])
+            inert = ("is_baseline", *_inert_kd_keys(kind),
+                     *(_teacher_cols(rows) if kind == NO_KD else ()))
             out.append(dict(arch=arch, method=kind, name=_method_name(kind), position=position,
                             mean=mean, ci=ci, n_trials=n, seeds=_seeds_text(rows["seed"]),
-                            n_configs=_n_configs(rows, ("is_baseline", *_inert_kd_keys(kind)))))
+                            n_configs=_n_configs(rows, inert)))
     return out
 
 
-def _add_method_ablation(fig, data: _Data, entries: list[dict], done: pd.DataFrame,
-                         row: int) -> None:
-    """The method ablation into one subplot: a point ± 95 % CI per method and architecture,
-    the architectures side by side around each method (a shared x would stack them)."""
+#: The no-KD reference of the teacher ablation (α = 0: no teacher used).
+NO_TEACHER = "no KD (α = 0)"
+
+
+def teacher_ablation(data: _Data) -> list[dict]:
+    """Test accuracy per teacher and student architecture: the completed KD trials (α > 0) of
+    each teacher_name, and the no-KD trials (α = 0) as the reference, all trials of a kind
+    pooled as in the method ablation. One dict per (arch, teacher): ``teacher`` (the name, or
+    None for no KD), ``name`` (the axis label), ``mean``, ``ci`` (95 %), ``n_trials``,
+    ``n_configs``, ``seeds``, ``position``. Empty unless the KD trials span more than one
+    teacher."""
+    done = data.completed.dropna(subset=[ACC])
+    kd = done[done["kd.alpha"] > 0]
+    names = _teachers_of(kd)
+    teachers = list(dict.fromkeys(names))
+    if len(teachers) < 2:
+        return []
+    no_kd = done[done["kd.alpha"] == 0]
+    groups = [(None, NO_TEACHER, no_kd)] if not no_kd.empty else []
+    groups += [(t, t, kd[names == t]) for t in teachers]
+    out = []
+    for arch in data.arch_order:
+        for position, (teacher, label, rows) in enumerate(groups):
+            rows = rows[rows["student.arch"] == arch]
+            if rows.empty:
+                continue
+            mean, ci, n = _mean_ci(rows[ACC])
+            inert = ("is_baseline", *(_no_kd_inert(rows) if teacher is None else ()))
+            out.append(dict(arch=arch, teacher=teacher, name=label, position=position,
+                            hover=label if teacher is None else f"teacher {teacher}",
+                            mean=mean, ci=ci, n_trials=n, seeds=_seeds_text(rows["seed"]),
+                            n_configs=_n_configs(rows, inert)))
+    return out
+
+
+def _add_kind_ablation(fig, data: _Data, entries: list[dict], done: pd.DataFrame,
+                       kinds: pd.Series, axis_title: str, row: int) -> None:
+    """One "kind" ablation (distillation method, teacher) into one subplot: a point ± 95 % CI
+    per kind and architecture, the architectures side by side around each kind (a shared x
+    would stack them). ``kinds``: each trial's kind, as the entries' ``name``."""
     import plotly.graph_objects as go
 
-    kinds = kd_method(done)
-    positions = {e["method"]: e["position"] for e in entries}
+    positions = {e["name"]: e["position"] for e in entries}
     archs = [a for a in data.arch_order if any(e["arch"] == a for e in entries)]
     for i, arch in enumerate(archs):
         shift = 0.12 * (i - (len(archs) - 1) / 2)
@@ -948,16 +1104,17 @@ def _add_method_ablation(fig, data: _Data, entries: list[dict], done: pd.DataFra
             marker=dict(color=color, size=11, symbol=data.arch_symbol(arch)),
             error_y=dict(type="data", array=[None if _isnan(e["ci"]) else 100 * e["ci"]
                                              for e in mine], thickness=1.5, width=6),
-            hovertext=[f"{_e(arch)}, {_e(e['name'])}<br>mean test acc. {100 * e['mean']:.2f} %"
+            hovertext=[f"{_e(arch)}, {_e(e.get('hover', e['name']))}<br>mean test acc. "
+                       f"{100 * e['mean']:.2f} %"
                        + (f" ± {100 * e['ci']:.2f}" if not _isnan(e["ci"]) else "")
                        + f" (95 % CI, {_plural(e['n_trials'], 'trial')})<br>"
                        f"{_plural(e['n_configs'], 'config')}, seeds {_e(e['seeds'])}"
                        for e in mine], hoverinfo="text",
         ), row=row, col=1)
     names = {e["position"]: e["name"] for e in entries}
-    fig.update_xaxes(tickvals=sorted(names), ticktext=[_e(names[k]) for k in sorted(names)],
-                     range=[-0.5, max(names) + 0.5], title_text="distillation method",
-                     row=row, col=1)
+    fig.update_xaxes(tickvals=sorted(names),
+                     ticktext=[_e(names[k]).replace(" + ", "<br>+ ") for k in sorted(names)],
+                     range=[-0.5, max(names) + 0.5], title_text=axis_title, row=row, col=1)
     fig.update_yaxes(title_text="test acc. (%)", row=row, col=1)
 
 
@@ -978,14 +1135,19 @@ def _panel_ablation(data: _Data) -> _Panel:
         ("prune.ratio", "prune ratio (fraction of weights or channels removed)", done),
     ]
     methods = method_ablation(data)
-    n_rows = 3 if methods else 2
+    teachers = teacher_ablation(data)
+    n_rows = 2 + bool(methods) + bool(teachers)
     titles = [p[1] for p in params]
     specs = [[{}, {}], [{}, {}]]
     if methods:
         titles.append("distillation method (KD trials of each kd.method; no KD = α 0)")
         specs.append([{"colspan": 2}, None])
+    if teachers:
+        titles.append("teacher (KD trials of each teacher; no KD = α 0)")
+        specs.append([{"colspan": 2}, None])
     fig = make_subplots(rows=n_rows, cols=2, specs=specs, subplot_titles=titles,
-                        horizontal_spacing=0.08, vertical_spacing=0.16 if n_rows == 2 else 0.1)
+                        horizontal_spacing=0.08,
+                        vertical_spacing={2: 0.16, 3: 0.1, 4: 0.075}[n_rows])
     for i, (key, label, sub) in enumerate(params):
         r, c = divmod(i, 2)
         for arch in data.arch_order:
@@ -1019,14 +1181,18 @@ def _panel_ablation(data: _Data) -> _Panel:
         if key == "prune.ratio":
             fig.update_xaxes(tickformat=".0%", row=r + 1, col=c + 1)
     if methods:
-        _add_method_ablation(fig, data, methods, done, row=3)
+        _add_kind_ablation(fig, data, methods, done, kinds.map(_method_name),
+                           "distillation method", row=3)
+    if teachers:
+        names = _teachers_of(done).where(done["kd.alpha"] != 0, NO_TEACHER)
+        _add_kind_ablation(fig, data, teachers, done, names, "teacher", row=n_rows)
     _teacher_hlines(fig, data, subplots=True)
     ys = [*(100 * done[ACC]).tolist(), *(100 * a for _, a in data.teacher_lines())]
     pad = max(0.5, 0.06 * (max(ys) - min(ys)))
     fig.update_yaxes(range=[min(ys) - pad, max(ys) + pad])
-    height = 740 if n_rows == 2 else 1060
+    height = {2: 740, 3: 1060, 4: 1380}[n_rows]
     _base_layout(fig, height=height)
-    fig.update_layout(margin=dict(t=110), legend=dict(y=1.07 if n_rows == 2 else 1.05,
+    fig.update_layout(margin=dict(t=110), legend=dict(y={2: 1.07, 3: 1.05, 4: 1.04}[n_rows],
                                                       yanchor="bottom"))
     text = ("Marginal effect of each knob: for each value, the test accuracy averaged over "
             "every completed trial with that value (all other settings pooled), ± 95 % CI; "
@@ -1037,6 +1203,10 @@ def _panel_ablation(data: _Data) -> _Panel:
         text += (" Distillation method: the KD trials of each method and the no-KD trials "
                  "(α = 0), pooled the same way; hover a point for its trials, distinct "
                  "configurations and seeds (the KD vs no KD panel compares like for like).")
+    if teachers:
+        text += (" Teacher: the KD trials of each teacher (every student, method and setting "
+                 "pooled) and the no-KD trials (α = 0) as the reference; the dotted lines are "
+                 "the teachers' own test accuracies.")
     return _Panel("ablation", title, text, fig, height=height)
 
 
@@ -1054,11 +1224,20 @@ def _comparison(a: pd.Series, b: pd.Series) -> tuple[float, float, float]:
                       b[f"{ACC}_mean"], b[f"{ACC}_std"], b[f"{ACC}_n"])
 
 
+def _cnn_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose student has a stem (not a vision transformer)."""
+    if "student_family" not in rows:
+        return rows
+    return rows[rows["student_family"].fillna("cnn") != "vit"]
+
+
 def stem_comparisons(data: _Data) -> list[dict]:
-    """Per student arch: best cifar-stem config vs best standard-stem config (by validation)."""
+    """Per student arch: best cifar-stem config vs best standard-stem config (by validation).
+    Vision transformers are left out: they have no stem (their student.stem means nothing)."""
     out = []
+    agg = _cnn_rows(data.agg)
     for arch in data.arch_order:
-        sub = data.agg[data.agg["student.arch"] == arch]
+        sub = agg[agg["student.arch"] == arch]
         best = {stem: _best_by_val(sub[sub["student.stem"] == stem])
                 for stem in ("cifar", "standard")}
         if best["cifar"] is None or best["standard"] is None:
@@ -1081,6 +1260,7 @@ METHOD_KEYS = ("kd.method", *(f"kd.{key}" for key in KD_METHOD_KEYS))
 # base config's method while the KD twin of each method sets its own); is_baseline only says
 # how the sweep scheduled the trial.
 KD_ONLY_KEYS = ("kd.alpha", "kd.temperature", *METHOD_KEYS, "is_baseline")
+TEACHER_PREFIX = "teacher."
 # What "held equal" names for twins, besides any other searched key.
 HELD_EQUAL = (("kd.label_smoothing", "label smoothing"), ("prune.ratio", "prune method/ratio"),
               ("train.epochs", "epochs"))
@@ -1119,8 +1299,21 @@ def _held_equal(data: _Data) -> str:
     covered = {*KD_ONLY_KEYS, "student.arch", "student.stem", "prune.method",
                "prune.finetune_epochs", *(k for k, _ in HELD_EQUAL)}
     names = [name for _, name in HELD_EQUAL]
-    names += [SHORT.get(k, k) for k in data.searched if k not in covered]
+    # the teacher keys are no setting of the no-KD side (it learns from no teacher)
+    names += [SHORT.get(k, k) for k in data.searched if k not in covered
+              and not k.startswith(TEACHER_PREFIX)]
     return ", ".join(names)
+
+
+def _teacher_cols(rows: pd.DataFrame) -> list[str]:
+    """The teacher's config columns (teacher.arch, teacher.ensemble, ...): inert at α = 0, where
+    no teacher is used, so they never make two no-KD configs different trainings."""
+    return [c for c in config_columns(rows) if c.startswith(TEACHER_PREFIX)]
+
+
+def _no_kd_inert(rows: pd.DataFrame) -> tuple[str, ...]:
+    """Keys that cannot change a no-KD training: the KD keys and the teacher's."""
+    return (*KD_ONLY_KEYS, *_teacher_cols(rows))
 
 
 def _twin_pair(kd: pd.DataFrame, no_kd: pd.DataFrame, cols: list[str],
@@ -1139,19 +1332,24 @@ def _twin_pair(kd: pd.DataFrame, no_kd: pd.DataFrame, cols: list[str],
 
 
 def _kd_cell(data: _Data, kd: pd.DataFrame, no_kd: pd.DataFrame, cols: list[str],
-             method: str = "logit", named: bool = False) -> dict:
+             method: str = "logit", named: bool = False, teacher: str | None = None) -> dict:
     """One KD vs no-KD comparison in a cell, for the KD configs of one ``method``: twins when
     there are, else best against best. ``named``: the sweep has more methods than logit KD,
     so the texts name this one ("DKD adds", "FitNets: best of 3 configs").
+
+    ``teacher``: the KD configs' teacher, named in the texts ("KD from vit_tiny") when the
+    sweep has several.
 
     ``how``: what was held equal (twins) or how many configs each side had and what differs;
     ``pick``: how the KD side was picked; ``caveat``: why it is not like for like, if it is not.
     """
     name = _method_name(method) if named else "KD"
+    if teacher is not None:
+        name = f"{name} from {teacher}"
     inert = ("is_baseline", *_inert_kd_keys(method))  # DKD configs differing in α train alike
     twins = _twin_pair(kd, no_kd, cols, inert)
-    n_no_kd = _n_configs(no_kd, KD_ONLY_KEYS)
-    common = dict(method=method, name=name, n_no_kd=n_no_kd)
+    n_no_kd = _n_configs(no_kd, _no_kd_inert(no_kd))
+    common = dict(method=method, teacher=teacher, name=name, n_no_kd=n_no_kd)
     if twins:
         a, b, n_kd = twins
         # logit KD keeps the words it had before kd.method; another method is named with its
@@ -1196,7 +1394,7 @@ def _cell_label(cell: dict, a: pd.Series, b: pd.Series, with_epochs: bool) -> st
     if _pruning(b) != pruning:
         pruning = f"{_pruning(a)} (KD) / {_pruning(b).replace('pruned ', '')} (no KD)"
     epochs = f" · {_num(cell.get('train.epochs'))} ep" if with_epochs else ""
-    return f"{cell['student.arch']} · {cell['student.stem']} stem · {pruning}{epochs}"
+    return f"{_student_text({**a, **cell})} · {pruning}{epochs}"
 
 
 def kd_comparisons(data: _Data) -> list[dict]:
@@ -1214,10 +1412,14 @@ def kd_comparisons(data: _Data) -> list[dict]:
     if agg.empty:
         return []
     keys = [k for k in BUDGET_KEYS if k in agg.columns]
-    cols = [c for c in config_columns(agg) if c not in (*KD_ONLY_KEYS, "seed", *keys)]
+    # the teacher is no setting of a no-KD config: a KD config's twin may name another one
+    cols = [c for c in config_columns(agg) if c not in (*KD_ONLY_KEYS, "seed", *keys,
+                                                          *_teacher_cols(agg))]
     with_epochs = agg["train.epochs"].nunique() > 1
     named = _methods_named(agg)
     methods = kd_method(agg)
+    teachers = _teachers_of(agg)
+    teacher_rank = {t: i for i, t in enumerate(data.teacher_names())}
     out = []
     for values, grp in agg.groupby(keys, dropna=False, sort=False):
         no_kd = grp[grp["kd.alpha"] == 0]
@@ -1226,11 +1428,14 @@ def kd_comparisons(data: _Data) -> list[dict]:
         cell = dict(zip(keys, values, strict=True))
         for method in kd_methods(grp):
             kd = grp[(grp["kd.alpha"] > 0) & (methods[grp.index] == method)]
-            pair = _kd_cell(data, kd, no_kd, cols, method, named)
-            out.append(_kd_entry(pair, cell, with_epochs, named))
+            per = list(dict.fromkeys(teachers[kd.index])) if data.multi_teacher else [None]
+            for teacher in per:
+                mine = kd if teacher is None else kd[teachers[kd.index] == teacher]
+                pair = _kd_cell(data, mine, no_kd, cols, method, named, teacher)
+                out.append(_kd_entry(pair, cell, with_epochs, named))
     arch_rank = {a: i for i, a in enumerate(data.arch_order)}
     out.sort(key=lambda d: (arch_rank.get(d["arch"], 99), d["ratio"], d["cell_label"],
-                            _method_rank(d["method"])))
+                            _method_rank(d["method"]), teacher_rank.get(d["teacher"], -1)))
     return out
 
 
@@ -1242,8 +1447,12 @@ def _kd_entry(pair: dict, cell: dict, with_epochs: bool, named: bool) -> dict:
     cell_label = _cell_label(cell, pair["a"], pair["b"], with_epochs)
     method = _method_name(pair["method"])
     label = f"{cell_label} · {method}" if named else cell_label
-    tick = (f"{cell['student.arch']}<br>{cell['student.stem']} stem<br>"
+    teacher = pair.get("teacher")
+    if teacher is not None:
+        label += f" · teacher {teacher}"
+    tick = (f"{_student_text({**pair['a'], **cell}, sep='<br>')}<br>"
             f"{_prune_short(pair['a'], pair['b'])}<br>"
+            + (f"{_e(teacher)}<br>" if teacher is not None else "")
             + (f"{method}, " if named else "") + pair["short"])
     ratio = pair["a"].get("prune.ratio")
     return dict(pair, arch=cell["student.arch"], cell=cell, cell_label=cell_label,
@@ -1299,10 +1508,17 @@ def _panel_stem(data: _Data) -> _Panel:
         return _Panel("stem", title, "", note=_no_completed_note(data))
     pairs = stem_comparisons(data)
     if not pairs:
-        stems = sorted(set(data.agg["student.stem"].dropna().astype(str)))
+        cnn = _cnn_rows(data.agg)
+        if cnn.empty:
+            return _Panel("stem", title, "",
+                          note="Every student here is a vision transformer, which has no stem: "
+                               "no stem comparison in this sweep.")
+        stems = sorted(set(cnn["student.stem"].dropna().astype(str)))
+        vits = " (vision transformers, which have no stem, left out)" if len(cnn) < len(
+            data.agg) else ""
         return _Panel("stem", title, "",
-                      note=f"Only the {', '.join(stems) or 'same'} stem was trained: no stem "
-                           "comparison in this sweep.")
+                      note=f"Only the {', '.join(stems) or 'same'} stem was trained{vits}: no "
+                           "stem comparison in this sweep.")
     fig = _pair_figure(data, pairs, [p["arch"] for p in pairs],
                        ("CIFAR stem (3×3 conv, stride 1, no max-pool)",
                         "standard ImageNet stem (7×7 conv, stride 2, max-pool)"),
@@ -1312,11 +1528,14 @@ def _panel_stem(data: _Data) -> _Panel:
                   "For each student, the best configuration with each stem (chosen on validation "
                   "accuracy; test accuracy shown, ± 95 % CI over seeds). The CIFAR stem keeps the "
                   "32×32 input's resolution: usually more accurate, but slower (see the latency "
-                  "chart).", fig, height=460)
+                  "chart)." + (" Vision transformers have no stem and are left out."
+                               if len(_cnn_rows(data.agg)) < len(data.agg) else ""),
+                  fig, height=460)
 
 
-def _kd_table(pairs: list[dict], named: bool = False) -> str:
-    headers = ["student · stem · pruning" + (" · KD method" if named else ""), "compared",
+def _kd_table(pairs: list[dict], named: bool = False, teachers: bool = False) -> str:
+    headers = ["student · stem · pruning" + (" · KD method" if named else "")
+               + (" · teacher" if teachers else ""), "compared",
                "held equal / what differs",
                "KD: test acc. (%)", "no KD: test acc. (%)", "KD − no KD (95 % CI)"]
     rows = []
@@ -1349,14 +1568,19 @@ def _panel_kd(data: _Data) -> _Panel:
     kd_name = "KD (each method's best)" if named else "KD (α > 0)"
     fig = _pair_figure(data, pairs, [p["tick"] for p in pairs],
                        (kd_name, "no KD (α = 0)"), ("#2a9d8f", "#6c757d"))
+    per = [w for w, on in (("KD method", named), ("teacher", data.multi_teacher)) if on]
     fig.update_xaxes(title_text="same student, stem, epochs and prune method"
-                     + (", per KD method" if named else ""), tickfont=dict(size=11))
+                     + (", per " + " and ".join(per) if per else ""), tickfont=dict(size=11))
     n_twins = sum(p["kind"] == "twins" for p in pairs)
     inert = "the KD settings (α, T, method)" if named else "α and the then inert T"
     per_method = (" <b>Per distillation method</b>: each method's KD configurations face the "
                   "cell's no-KD configurations on their own, so every cell has one "
                   "comparison per method (DKD does not use α: for it only α = 0, no KD, "
                   "counts)." if named else "")
+    if data.multi_teacher:
+        per_method += (" <b>Per teacher</b>: the KD configurations of each teacher face the "
+                       "cell's no-KD configurations on their own (a no-KD trial learns from no "
+                       "teacher, so the teacher it names does not matter for it).")
     return _Panel("kd_vs_baseline", title,
                   "Within each cell (same student, stem, epochs, fine-tune epochs and prune "
                   "method) KD (α > 0) is compared with no KD (α = 0)." + per_method
@@ -1367,7 +1591,7 @@ def _panel_kd(data: _Data) -> _Panel:
                   "accuracy, with how many configurations each side had. Test accuracy shown, "
                   f"± 95 % CI over seeds. {n_twins} of {len(pairs)} comparisons here are "
                   "twins; the table below says what each held equal.",
-                  fig, height=500, after=_kd_table(pairs, named))
+                  fig, height=500, after=_kd_table(pairs, named, data.multi_teacher))
 
 
 def _panel_curves(data: _Data) -> _Panel:
@@ -1525,7 +1749,7 @@ def _budget_list(data: _Data, x: str, front_col: str, what: str, unit: str, wher
         f"<li>≤ <b>{_cost(r[x], r[x])} {unit}</b>{_spread_text(r, x)} → "
         f"<b>{_pct(r[f'{acc}_mean'], 2)}</b>"
         + (f" ± {100 * r[f'{acc}_ci95']:.2f}" if not _isnan(r[f"{acc}_ci95"]) else "")
-        + f" <span class='cfg'>{_e(_config_label(r))}</span></li>"
+        + f" <span class='cfg'>{_e(_label(r, data))}</span></li>"
         for _, r in rows.iterrows())
     notes = [f"{_e(where)}; {CHOSEN_ON_VAL_INT8 if acc != ACC else CHOSEN_ON_VAL}."]
     if len(front) > n_budgets and what.endswith("latency"):
@@ -1558,18 +1782,20 @@ def _kd_answer(data: _Data) -> str:
                    f"{_e(p['name'])} vs {_pct(p['b'][f'{ACC}_mean'], 2)} without; "
                    f"{_e(p['how'])})</span></li>")
     more = f"<li>… {len(kd) - 8} more in the KD panel</li>" if len(kd) > 8 else ""
-    per = "student, stem, pruning and KD method" if _methods_named(data.agg) else \
-        "student, stem and pruning"
+    per = ["student", "stem", "pruning", *(["KD method"] if _methods_named(data.agg) else []),
+           *(["teacher"] if data.multi_teacher else [])]
+    per = ", ".join(per[:-1]) + " and " + per[-1]
     return (f"<h3>Does KD help? (KD vs no KD per {per}; configs chosen on validation accuracy, "
             f"test accuracy compared)</h3>{_largest_gain(kd)}<ul>{''.join(lis)}{more}</ul>")
 
 
 def _largest_gain(pairs: list[dict]) -> str:
-    """With several KD methods: the like-for-like comparison with the largest KD − no KD
-    difference, with its CI and the same verdict as its row (so it never says more than the
-    table). Nothing when one method ran or no comparison is like for like."""
+    """With several KD methods or teachers: the like-for-like comparison with the largest
+    KD − no KD difference, with its CI and the same verdict as its row (so it never says more
+    than the table). Nothing when one method and one teacher ran or no comparison is like for
+    like."""
     fair = [p for p in pairs if not p["caveat"] and not _isnan(p["diff"])]
-    if len({p["method"] for p in pairs}) < 2 or not fair:
+    if len({(p["method"], p.get("teacher")) for p in pairs}) < 2 or not fair:
         return ""
     top = max(fair, key=lambda p: p["diff"])
     cls, text = _kd_verdict(top)
@@ -1602,7 +1828,7 @@ def _answer_box(data: _Data) -> str:
         else:
             best = _front_rows(data).iloc[0]
             items.append(f"<h3>Best configuration</h3><p><b>{_pct(best[f'{ACC}_mean'], 2)}</b> "
-                         f"<span class='cfg'>{_e(_config_label(best))}</span> (no latency or size "
+                         f"<span class='cfg'>{_e(_label(best, data))}</span> (no latency or size "
                          "measured: accuracy is the only objective; chosen on validation "
                          "accuracy, test accuracy shown)</p>")
         items.append(_kd_answer(data))
@@ -1643,7 +1869,9 @@ def _front_table(data: _Data) -> str:
     if front.empty:
         return "<p class='note'>No front: no trial completed.</p>"
     named = _methods_named(data.agg)
-    headers = ["#", "student", "stem", *(["KD method"] if named else []), "T", "α", "ε",
+    teacher = data.multi_teacher
+    headers = ["#", "student", "stem", *(["KD method"] if named else []),
+               *(["teacher"] if teacher else []), "T", "α", "ε",
                "prune", "val. acc. (%) (chosen on)", "test acc. (%) ± 95 % CI"]
     headers += [f"{lat.name} latency (ms), p10–p90" for lat in data.latencies]
     int8 = "test_acc_onnx_int8_mean" in data.agg and \
@@ -1655,8 +1883,9 @@ def _front_table(data: _Data) -> str:
     headers += ["seeds", "checkpoint (best seed by val. acc.)"]
     rows = []
     for i, (_, r) in enumerate(front.iterrows(), 1):
-        row = [str(i), _e(r["student.arch"]), _e(r["student.stem"]),
+        row = [str(i), _e(r["student.arch"]), _e(_stem_cell(r)),
                *([_e(_method_text(r))] if named else []),
+               *([_e(_teacher_cell(r))] if teacher else []),
                "—" if _no_kd(r) else _num(r["kd.temperature"]),
                _alpha_cell(r), _num(r["kd.label_smoothing"]),
                _e(_pruning(r).replace("pruned ", "")),
@@ -1683,7 +1912,9 @@ def _trials_table(data: _Data) -> str:
     t = t.sort_values(["_o", "_a", "_v"])
     lat = data.lat_raw
     named = _methods_named(t)
-    headers = ["trial", "status", "student", "stem", *(["KD method"] if named else []), "T",
+    teacher = data.multi_teacher
+    headers = ["trial", "status", "student", "stem", *(["KD method"] if named else []),
+               *(["teacher"] if teacher else []), "T",
                "α", "ε", "prune", "seed", "epochs", "val. acc.", "test acc."]
     if lat:
         headers.append("latency (ms)")
@@ -1693,8 +1924,9 @@ def _trials_table(data: _Data) -> str:
     rows = []
     for _, r in t.iterrows():
         row = [_e(r["trial_id"]), f"<span class='badge {r['status']}'>{_e(r['status'])}</span>",
-               _e(r["student.arch"]), _e(r["student.stem"]),
-               *([_e(_method_text(r))] if named else []), _num(r["kd.temperature"]),
+               _e(r["student.arch"]), _e(_stem_cell(r)),
+               *([_e(_method_text(r))] if named else []),
+               *([_e(_teacher_cell(r))] if teacher else []), _num(r["kd.temperature"]),
                _alpha_cell(r), _num(r["kd.label_smoothing"]),
                _e(_pruning(r).replace("pruned ", "")), _num(r["seed"]),
                _num(r["epochs_trained"]), _pct(r["val_acc"], 2), _pct(r[ACC], 2)]
@@ -1799,6 +2031,7 @@ def _report_kd(data: _Data, p: dict) -> dict:
     return {
         "cell": p["cell"],
         "kd_method": p["method"],
+        "teacher": p.get("teacher") or _teacher_of(p["a"]),
         "kind": p["kind"],
         "like_for_like": not p["untuned"],
         "how": p["how"],
@@ -1810,6 +2043,41 @@ def _report_kd(data: _Data, p: dict) -> dict:
         "kd": _report_entry(data, p["a"]),
         "no_kd": _report_entry(data, p["b"]),
     }
+
+
+def _report_teachers(data: _Data) -> list[dict]:
+    """Per teacher: its own accuracy (the teachers' rows), and the test accuracy of the KD
+    students that distilled from it (completed trials with kd.alpha > 0, every student and
+    setting pooled; per student arch too), mean and n."""
+    done = data.completed.dropna(subset=[ACC])
+    kd = done[done["kd.alpha"] > 0]
+    names = _teachers_of(kd)
+    own = {t["name"]: t for t in data.teachers()}
+    out = []
+    for name in dict.fromkeys([*data.teacher_names(), *own]):
+        t = own.get(name, {})
+        rows = kd[names == name]
+        mean, ci, n = _mean_ci(rows[ACC])
+        per_arch = {}
+        for arch in data.arch_order:
+            a_mean, a_ci, a_n = _mean_ci(rows.loc[rows["student.arch"] == arch, ACC])
+            if a_n:
+                per_arch[arch] = {"test_accuracy": 100 * a_mean, "test_accuracy_ci95": 100 * a_ci,
+                                  "n_trials": a_n}
+        members = t.get("members")
+        out.append({
+            "teacher": name,
+            "teacher_test_accuracy": 100 * t["test_acc"] if t else None,
+            "teacher_val_accuracy": 100 * t["val_acc"] if t else None,
+            "members": [{"name": m.get("name"),
+                         "test_accuracy": None if _isnan(m.get("test_acc")) else
+                         100 * float(m["test_acc"]),
+                         "val_accuracy": None if _isnan(m.get("val_acc")) else
+                         100 * float(m["val_acc"])} for m in members] if members else None,
+            "kd_students": {"test_accuracy": 100 * mean, "test_accuracy_ci95": 100 * ci,
+                            "n_trials": n, "per_arch": per_arch},
+        })
+    return out
 
 
 def _report_method(entry: dict) -> dict:
@@ -1829,7 +2097,11 @@ def build_report(data: _Data, png: dict | None = None) -> dict:
         with_kd, without = fam[fam["kd.alpha"] > 0], fam[fam["kd.alpha"] == 0]
         bw, bwo = _best_test(with_kd), _best_test(without)
         teacher = t.loc[t["student.arch"] == arch, "teacher_test_acc"].dropna()
+        if data.multi_teacher:  # the teacher of the best KD student, not a mix of teachers
+            teacher = pd.Series([] if bw is None else [bw["teacher_test_acc"]],
+                                dtype=float).dropna()
         families[arch] = {
+            "teacher": _teacher_of(bw) if bw is not None else None,
             "teacher_accuracy": 100 * teacher.mean() if len(teacher) else None,
             "student_accuracy_without_kd": 100 * bwo[ACC] if bwo is not None else None,
             "student_accuracy_with_kd": 100 * bw[ACC] if bw is not None else None,
@@ -1856,7 +2128,9 @@ def build_report(data: _Data, png: dict | None = None) -> dict:
         "selection": {
             "families": "best test accuracy among completed trials of the student arch, "
                         "unpruned only unless the family has no unpruned trial "
-                        "(includes_pruned); with KD = kd.alpha > 0, without = kd.alpha == 0",
+                        "(includes_pruned); with KD = kd.alpha > 0, without = kd.alpha == 0; "
+                        "teacher: the best KD trial's (with several teachers, "
+                        "teacher_accuracy is that teacher's)",
             "front": "Pareto front of seed-averaged completed configs chosen on validation "
                      "accuracy (max val_acc, min "
                      + ("latency" if data.lat else "size") + "); test accuracy reported"
@@ -1876,6 +2150,15 @@ def build_report(data: _Data, png: dict | None = None) -> dict:
                            "the method against the best no-KD config; chosen on validation "
                            "accuracy, test accuracy compared (Welch 95 % CI, percentage "
                            "points)",
+            "teachers": "per teacher_name: the teacher's own test/validation accuracy (an "
+                        "ensemble's: of its members' mean probabilities, members listed) and "
+                        "the test accuracy of the completed KD trials (kd.alpha > 0) that "
+                        "distilled from it, every setting pooled: mean, 95 % CI and n over "
+                        "trials, overall and per student arch",
+            "kd_teacher_ablation": "per student arch and teacher_name (teacher null: the "
+                                   "no-KD trials, kd.alpha 0): test accuracy of every "
+                                   "completed trial pooled, mean and 95 % CI over trials; "
+                                   "empty unless the KD trials span several teachers",
             "kd_method_ablation": "per student arch and kd_method (none = kd.alpha 0): test "
                                   "accuracy of every completed trial of that method pooled, "
                                   "mean and 95 % CI over trials; empty with a single "
@@ -1895,6 +2178,12 @@ def build_report(data: _Data, png: dict | None = None) -> dict:
         "latency_budgets": budgets,
         "kd_vs_no_kd": [_report_kd(data, p) for p in kd_comparisons(data)],
         "kd_method_ablation": [_report_method(e) for e in method_ablation(data)],
+        "teachers": _report_teachers(data),
+        "kd_teacher_ablation": [{"arch": e["arch"], "teacher": e["teacher"],
+                                 "test_accuracy": 100 * e["mean"],
+                                 "test_accuracy_ci95": 100 * e["ci"],
+                                 "n_trials": e["n_trials"], "n_configs": e["n_configs"],
+                                 "seeds": e["seeds"]} for e in teacher_ablation(data)],
         "provenance": prov,
     }
     if png is not None:
@@ -1908,11 +2197,18 @@ def results_rows(data: _Data) -> list[dict]:
     Accuracy in percent (test split), latency in ms on the dashboard's latency device, size in MB
     (smaller of dense/sparse storage; the teacher's dense size). A student kind with no completed
     trial gets no row; the teacher's latency/size are empty unless the sweep measured them
-    (``teacher_latency_ms_b1_*``, ``teacher_size_mb_dense``).
+    (``teacher_latency_ms_b1_*``, ``teacher_size_mb_dense``). With several teachers the
+    teacher row is the best KD student's teacher (report.json's ``teachers`` lists them all).
     """
     t = data.trials
     lat = data.lat_raw
     rows = []
+    kd = data.completed[data.completed["kd.alpha"] > 0]
+    pruned = kd["prune.ratio"].fillna(0) > 0
+    if data.multi_teacher:
+        best = _best_test(kd[~pruned]) if (~pruned).any() else _best_test(kd)
+        if best is not None:
+            t = t[_teachers_of(t) == _teacher_of(best)]
     teacher = t["teacher_test_acc"].dropna()
     if len(teacher):
         tlat = f"teacher_{lat}" if lat else None
@@ -1921,8 +2217,6 @@ def results_rows(data: _Data) -> list[dict]:
         rows.append({"Variant": "Teacher", "Accuracy": 100 * teacher.mean(),
                      "LatencyMs": tl.mean() if len(tl) else None,
                      "SizeMB": ts.mean() if len(ts) else None})
-    kd = data.completed[data.completed["kd.alpha"] > 0]
-    pruned = kd["prune.ratio"].fillna(0) > 0
     for name, subset in (("KD student", kd[~pruned]), ("Pruned KD student", kd[pruned])):
         best = _best_test(subset)
         if best is None:

@@ -23,6 +23,15 @@ lacks them, distilled logits with the defaults) and what the trial ran: ``kd_met
 ``kd.alpha`` = 0, else the method), ``kd_feature_weight`` (resolved), ``kd_dkd_warmup_epochs``,
 ``teacher_cache`` ("views" | "none") and ``train_step_ms`` (median step time).
 
+Since ViT students and teacher ensembles exist a row also carries ``teacher_name`` (the teacher
+it distilled from: ``"resnet20/cifar"``, ``"vit_tiny"`` (a vision transformer has no stem) or
+``"ensemble resnet20/cifar + vit_tiny"``; a no-KD row names the configured teacher, with
+``teacher_test_acc`` NaN), ``teacher.ensemble`` (the members' configs as JSON text, or None),
+``teacher_members`` (JSON text: ``[{"name", "val_acc", "test_acc"}, ...]`` of an ensemble, else
+None) and ``student_family`` ("cnn" | "vit"; a ViT's ``student.stem`` means nothing). An older
+run lacks them: ``teacher_name`` is derived from ``teacher.arch``/``teacher.stem`` and the
+family is "cnn".
+
 This module turns one or several run folders into one DataFrame (:func:`load_runs`,
 :func:`load_epochs`), averages the seeds of each distinct config (:func:`aggregate_seeds`) and
 finds the non-dominated rows (:func:`pareto_front`). Everything here is pure pandas/numpy: the
@@ -169,9 +178,18 @@ ONNX_TEXT_COLUMNS = ("onnx_device", "onnx_int8_recipe", "onnx_error")
 #: config where a row lacks it) and ``teacher_cache`` ("views": the view cache, "none": the
 #: teacher online, or no teacher at all).
 KD_TEXT_COLUMNS = ("kd_method", "teacher_cache")
+#: Who taught and what learnt: ``teacher_name`` ("resnet20/cifar", "vit_tiny", "ensemble
+#: resnet20/cifar + vit_tiny"; derived from teacher.arch/stem where a row lacks it),
+#: ``teacher_members`` (an ensemble's members as JSON text) and ``student_family`` ("cnn" |
+#: "vit"; "cnn" where a run predates it).
+TEACHER_TEXT_COLUMNS = ("teacher_name", "teacher_members", "student_family")
 OPTIONAL_TEXT_COLUMNS = ("error", "checkpoint", "gpu_device", "cpu_device", *VERSION_COLUMNS,
                          "device", *RUNTIME_COLUMNS, "arch_signature", *ONNX_TEXT_COLUMNS,
-                         *KD_TEXT_COLUMNS)
+                         *KD_TEXT_COLUMNS, *TEACHER_TEXT_COLUMNS)
+#: Config columns holding text that may be None (teacher.ensemble: JSON text of the members'
+#: configs; None for one teacher and in older runs).
+OPTIONAL_TEXT_CONFIG_COLUMNS = ("teacher.ensemble",)
+STUDENT_FAMILIES = ("cnn", "vit")
 _KD_DEFAULTS = KDConfig()
 #: Config columns newer sweeps write, with the value an older run (which lacks them) implied:
 #: before prune.method existed every pruning was unstructured; before kd.method every KD was
@@ -285,7 +303,7 @@ def _check_trials(df: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     for col in OPTIONAL_NUMERIC_COLUMNS:
         if col not in df.columns:
             df[col] = np.nan
-    for col in OPTIONAL_TEXT_COLUMNS:
+    for col in (*OPTIONAL_TEXT_COLUMNS, *OPTIONAL_TEXT_CONFIG_COLUMNS):
         if col not in df.columns:
             df[col] = None
     for col in (*NUMERIC_CONFIG_COLUMNS, *NUMERIC_METRIC_COLUMNS, *OPTIONAL_NUMERIC_COLUMNS):
@@ -312,6 +330,9 @@ def _check_trials(df: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     # What the trial ran follows from its config: an older run, and a trial that errored
     # before its final report, lack it.
     df["kd_method"] = df["kd_method"].fillna(kd_method(df))
+    df["teacher_name"] = df["teacher_name"].where(df["teacher_name"].notna(), teacher_names(df))
+    df["student_family"] = df["student_family"].where(df["student_family"].notna(),
+                                                      student_families(df))
     # What a deployed model takes: the smaller of the dense and the sparse storage (a sparse
     # format only pays off once enough weights are pruned).
     df[SIZE_COLUMN] = df[["size_mb_dense", "size_mb_sparse"]].min(axis=1, skipna=True)
@@ -322,6 +343,51 @@ def kd_method(df: pd.DataFrame) -> pd.Series:
     """What each row distilled with: :data:`NO_KD` where ``kd.alpha`` is 0 (plain
     cross-entropy, whatever ``kd.method`` says), else its ``kd.method``."""
     return df["kd.method"].where(df["kd.alpha"] != 0, NO_KD)
+
+
+def _is_vit_name(arch) -> bool:
+    """A vision transformer by its registry name (kdtune.models registers them as vit_*): the
+    fallback for rows without student_family, as this module does not import torch."""
+    return str(arch).startswith("vit")
+
+
+def _teacher_name(arch, stem) -> str:
+    return str(arch) if _is_vit_name(arch) else f"{arch}/{stem}"
+
+
+def ensemble_name(text) -> str | None:
+    """"ensemble a/cifar + vit_tiny" from teacher.ensemble's JSON text; None if unreadable."""
+    import json
+
+    try:
+        members = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    names = []
+    for m in members if isinstance(members, list) else []:
+        m = {"arch": m} if isinstance(m, str) else m
+        if not isinstance(m, dict) or "arch" not in m:
+            return None
+        names.append(_teacher_name(m["arch"], m.get("stem", "cifar")))
+    return "ensemble " + " + ".join(names) if names else None
+
+
+def teacher_names(df: pd.DataFrame) -> pd.Series:
+    """The teacher each row names, derived from its config (for rows without
+    ``teacher_name``): ``"arch/stem"`` (a vision transformer: ``"arch"``), or the ensemble's
+    ``"ensemble a/stem + b"``."""
+    out = []
+    ens = df["teacher.ensemble"] if "teacher.ensemble" in df else pd.Series(None, df.index)
+    for arch, stem, e in zip(df["teacher.arch"], df["teacher.stem"], ens, strict=True):
+        name = ensemble_name(e) if isinstance(e, str) and e.strip() else None
+        out.append(name or _teacher_name(arch, stem))
+    return pd.Series(out, index=df.index, dtype=object)
+
+
+def student_families(df: pd.DataFrame) -> pd.Series:
+    """Each row's student family for rows without ``student_family``: "cnn" (every run before
+    the ViTs), "vit" for a vit_* student."""
+    return df["student.arch"].map(lambda a: "vit" if _is_vit_name(a) else "cnn").astype(object)
 
 
 def load_runs(*run_dirs: str | Path) -> pd.DataFrame:
@@ -563,14 +629,16 @@ def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame:
     ``n_seeds``, ``seeds`` ("0,1,2"), ``trial_ids`` and ``runs`` (";"-joined), ``best_trial_id``
     and ``best_checkpoint`` (the seed with the highest validation accuracy: the one to deploy),
     and the first ``gpu_device``/``cpu_device``/``cpu_threads``/``onnx_device``/
-    ``arch_signature``/``kd_method``/``teacher_cache`` label. Stopped
+    ``arch_signature``/``kd_method``/``teacher_cache``/``teacher_name``/``teacher_members``/
+    ``student_family`` label (the teacher and the family follow from the config keys). Stopped
     and errored trials are left out: they have no final measurements.
     """
     done = df[df["status"] == "completed"]
     keys = [c for c in config_columns(df) if c != "seed"]
     metrics = [m for m in AGG_METRICS if m in df.columns]
     label_cols = [c for c in ("gpu_device", "cpu_device", "cpu_threads", "onnx_device",
-                              "arch_signature", *KD_TEXT_COLUMNS) if c in df.columns]
+                              "arch_signature", *KD_TEXT_COLUMNS, *TEACHER_TEXT_COLUMNS)
+                  if c in df.columns]
     out_cols = [
         *keys,
         "n_seeds",

@@ -679,3 +679,164 @@ def test_one_kind_draws_no_method_ablation(tmp_path):
     text, report = _dash(run)
     assert report["kd_method_ablation"] == []
     assert "distillation method" not in section(text, "ablation")
+
+
+# ---------------------------------------------------------------------------------------------
+# several teachers (a searched teacher, ensembles) and ViT students
+
+
+def _teacher(name: str, acc: float, **more) -> dict:
+    """A row's teacher: teacher_name and its accuracy (NaN for a no-KD row)."""
+    arch = "resnet20" if name.startswith("ensemble") else name.split("/")[0]
+    return {"teacher.arch": arch, "teacher.stem": "cifar", "teacher_name": name,
+            "teacher_test_acc": acc, "teacher_val_acc": acc + 0.005, "student_family": "cnn",
+            **more}
+
+
+def _teachers_run(tmp_path) -> Path:
+    from test_results import ENSEMBLE, MEMBERS
+
+    ens = "ensemble resnet20/cifar + vit_tiny"
+    return _hand_run(tmp_path, "teachers", [
+        _kd(0.0, 0.0, 0.88, 0.87, **_teacher("resnet20/cifar", math.nan)),         # no KD
+        _kd(0.9, 0.0, 0.90, 0.89, **_teacher("resnet20/cifar", 0.92)),
+        _kd(0.9, 0.1, 0.92, 0.91, **_teacher("resnet20/cifar", 0.92)),
+        _kd(0.9, 0.0, 0.86, 0.85, **_teacher("vit_tiny", 0.80)),
+        _kd(0.9, 0.0, 0.93, 0.925, **_teacher(ens, 0.93, **{"teacher.ensemble": ENSEMBLE,
+                                                             "teacher_members": MEMBERS})),
+    ])
+
+
+def test_teacher_lines_name_each_teacher(tmp_path):
+    from kdtune.dashboard import _prepare
+
+    run = _teachers_run(tmp_path)
+    assert _prepare([run]).teacher_lines() == [
+        ("teacher resnet20/cifar: 92.0 %", pytest.approx(0.92)),
+        ("teacher vit_tiny: 80.0 %", pytest.approx(0.80)),
+        ("teacher ensemble resnet20/cifar + vit_tiny: 93.0 % (members 92.0 %, 80.0 %)",
+         pytest.approx(0.93))]
+    text, report = _dash(run)
+    assert "teacher vit_tiny: 80.0 %; teacher ensemble resnet20/cifar + vit_tiny: 93.0 %" in \
+        answer_box(text)
+    # the hover names an ensemble by its members, not by its JSON config
+    assert "teacher.ensemble=ensemble resnet20\\u002fcifar + vit_tiny" in section(
+        text, "front_latency")  # (plotly's JSON writes / as \u002f)
+    assert "&quot;arch&quot;" not in text and '\\"arch\\"' not in text
+    for key in ("front_latency", "ablation", "kd_vs_baseline"):  # one legend entry each
+        assert section(text, key).count('"name":"teacher vit_tiny: 80.0 %"') == 1, key
+    teachers = {t["teacher"]: t for t in report["teachers"]}
+    assert list(teachers) == ["resnet20/cifar", "vit_tiny", "ensemble resnet20/cifar + vit_tiny"]
+    assert teachers["vit_tiny"]["teacher_test_accuracy"] == pytest.approx(80.0)
+    ens = teachers["ensemble resnet20/cifar + vit_tiny"]
+    assert ens["teacher_test_accuracy"] == pytest.approx(93.0)
+    assert [(m["name"], m["test_accuracy"]) for m in ens["members"]] == [
+        ("resnet20/cifar", pytest.approx(92.0)), ("vit_tiny", pytest.approx(80.0))]
+    # the KD students of each teacher (the no-KD trials are nobody's)
+    df = pd.read_parquet(run / "trials.parquet")
+    for name, t in teachers.items():
+        acc = 100 * df.loc[(df.teacher_name == name) & (df["kd.alpha"] > 0), "test_acc"]
+        assert t["kd_students"]["test_accuracy"] == pytest.approx(acc.mean())
+        assert t["kd_students"]["n_trials"] == len(acc) == (6 if name == "resnet20/cifar" else 3)
+    # one teacher per KD student: results.csv pairs the best one with its own teacher
+    csv = pd.read_csv(run / "results.csv")
+    assert csv.iloc[0].Accuracy == pytest.approx(93.0)
+    assert report["families"]["resnet18"]["teacher"] == "ensemble resnet20/cifar + vit_tiny"
+
+
+def test_teacher_ablation_row(tmp_path):
+    from kdtune.dashboard import _panel_ablation, _prepare
+
+    run = _teachers_run(tmp_path)
+    text, report = _dash(run)
+    df = pd.read_parquet(run / "trials.parquet")
+    entries = report["kd_teacher_ablation"]
+    assert [e["teacher"] for e in entries] == [None, "resnet20/cifar", "vit_tiny",
+                                              "ensemble resnet20/cifar + vit_tiny"]
+    expected = {None: (87.0, 3, 1), "resnet20/cifar": (90.0, 6, 2), "vit_tiny": (85.0, 3, 1),
+                "ensemble resnet20/cifar + vit_tiny": (92.5, 3, 1)}
+    for e in entries:
+        mean, n_trials, n_configs = expected[e["teacher"]]
+        rows = df["kd.alpha"] == 0 if e["teacher"] is None else \
+            (df["kd.alpha"] > 0) & (df.teacher_name == e["teacher"])
+        values = 100 * df.loc[rows, "test_acc"]
+        half = t_quantile(0.975, n_trials - 1) * values.std(ddof=1) / math.sqrt(n_trials)
+        assert e["test_accuracy"] == pytest.approx(mean) == pytest.approx(values.mean())
+        assert e["test_accuracy_ci95"] == pytest.approx(half)
+        assert (e["n_trials"], e["n_configs"], e["seeds"]) == (n_trials, n_configs, "0,1,2")
+    fig = _panel_ablation(_prepare([run])).figure
+    # the method row (no KD vs logit KD) and then the teacher row
+    assert list(fig.layout.xaxis5.ticktext) == ["no KD (α = 0)", "logit KD"]
+    assert list(fig.layout.xaxis6.ticktext) == [
+        "no KD (α = 0)", "resnet20/cifar", "vit_tiny", "ensemble resnet20/cifar<br>+ vit_tiny"]
+    assert fig.layout.xaxis6.title.text == "teacher"
+    means = [y for tr in fig.data if tr.xaxis == "x6" and tr.hovertext for y in tr.y]
+    assert means == pytest.approx([87.0, 90.0, 85.0, 92.5])
+    assert any("teacher vit_tiny<br>mean test acc. 85.00 %" in h and "3 trials" in h
+               for tr in fig.data if tr.hovertext for h in tr.hovertext)
+    # KD vs no KD per teacher: the no-KD run is every teacher's twin (it used none)
+    cmps = {c["teacher"]: c for c in report["kd_vs_no_kd"]}
+    assert {k: (c["kind"], round(c["diff_pp"], 6)) for k, c in cmps.items()} == {
+        "resnet20/cifar": ("twins", 2.0), "vit_tiny": ("twins", -2.0),
+        "ensemble resnet20/cifar + vit_tiny": ("twins", 5.5)}
+    box = answer_box(text)
+    assert "<b>resnet18 · cifar stem · unpruned · teacher vit_tiny</b>: no, it hurts" in box
+    assert "yes: KD from ensemble resnet20/cifar + vit_tiny adds +5.50 pp" in box
+    # labels and tables name the teacher of a KD config, none for no KD
+    assert "resnet18 · cifar stem · T 4, α 0.9 · teacher ensemble resnet20/cifar + vit_tiny" \
+        in box
+    trials = section(text, "trials")
+    assert "<th>teacher</th>" in trials and "<td>vit_tiny</td>" in trials
+    assert "<td>cifar</td><td>—</td><td>4</td><td>0</td>" in trials  # a no-KD row
+
+
+def test_one_teacher_draws_no_teacher_row(sweep):
+    # the fake runs predate teacher_name: derived as arch/stem, one teacher, no teacher row
+    run, html_path, _ = sweep
+    text = html_path.read_text()
+    report = json.loads((run / "report.json").read_text())
+    assert report["kd_teacher_ablation"] == []
+    assert [t["teacher"] for t in report["teachers"]] == ["resnet50/cifar"]
+    assert "teacher resnet50/cifar: 95.1 %" in answer_box(text)
+    assert "<th>teacher</th>" not in text and "KD from" not in text
+    assert "teacher (KD trials" not in section(text, "ablation")
+
+
+def _vit(stem: str, val: float, test: float, alpha: float = 0.9) -> dict:
+    return _kd(alpha, 0.0, val, test, **{"student.arch": "vit_tiny_d6", "student.stem": stem,
+                                         "student_family": "vit"})
+
+
+def test_vit_students_have_no_stem(tmp_path):
+    from kdtune.dashboard import _config_label, _prepare, stem_comparisons
+
+    # a ViT's student.stem column means nothing: even rows reading "standard" (as no real run
+    # writes) must not make a stem comparison of it
+    run = _hand_run(tmp_path, "vit", [
+        _kd(0.9, 0.0, 0.90, 0.89, student_family="cnn"),
+        _kd(0.9, 0.0, 0.86, 0.85, **{"student.stem": "standard", "student_family": "cnn"}),
+        _kd(0.0, 0.0, 0.87, 0.86, student_family="cnn"),
+        _vit("cifar", 0.80, 0.79), _vit("standard", 0.82, 0.81), _vit("cifar", 0.78, 0.77, 0.0),
+    ])
+    data = _prepare([run])
+    assert [p["arch"] for p in stem_comparisons(data)] == ["resnet18"]
+    vit = data.agg[data.agg["student.arch"] == "vit_tiny_d6"].iloc[0]
+    assert _config_label(vit) == "vit_tiny_d6 · T 4, α 0.9 · unpruned"
+    text, report = _dash(run)
+    assert "vit_tiny_d6 · cifar stem" not in text and "vit_tiny_d6 · standard stem" not in text
+    assert "vit_tiny_d6<br>cifar stem" not in text
+    box = answer_box(text)
+    assert "<b>vit_tiny_d6 · unpruned</b>" in box  # KD vs no KD of the ViT, no stem
+    assert "<b>resnet18</b>: yes: the CIFAR stem adds" in box and "<b>vit_tiny_d6</b>:" not in box
+    assert "Vision transformers have no stem and are left out." in section(text, "stem")
+    assert "<td>vit_tiny_d6</td><td>—</td>" in section(text, "trials")
+    hover = section(text, "front_latency")
+    assert "student.arch=vit_tiny_d6" in hover and "vit_tiny_d6, student.stem" not in hover
+
+
+def test_only_vit_students_have_no_stem_panel(tmp_path):
+    run = _hand_run(tmp_path, "vit-only", [_vit("cifar", 0.80, 0.79),
+                                           _vit("cifar", 0.78, 0.77, 0.0)])
+    text, _ = _dash(run)
+    assert "Every student here is a vision transformer, which has no stem" in section(text,
+                                                                                    "stem")

@@ -602,3 +602,62 @@ def test_kd_method_columns_old_and_new_runs(tmp_path):
     assert kd09.loc["logit", "train_step_ms_n"] == 2  # measured in the new run only
     assert kd09.loc["logit", "teacher_cache"] == "views"
     assert set(agg.loc[agg["kd.alpha"] == 0, "kd_method"]) == {"none"}
+
+
+# ---------------------------------------------------------------------------------------------
+# teachers and student families (ViT students, teacher ensembles)
+
+ENSEMBLE = '[{"arch": "resnet20", "stem": "cifar"}, {"arch": "vit_tiny", "stem": "cifar"}]'
+MEMBERS = ('[{"name": "resnet20/cifar", "val_acc": 0.921, "test_acc": 0.92}, '
+           '{"name": "vit_tiny", "val_acc": 0.805, "test_acc": 0.8}]')
+
+
+def test_teacher_and_family_columns_load_from_parquet(tmp_path):
+    run = make_fake_run(tmp_path, "new", students=("resnet18",), stems=("cifar",),
+                        configs=CONFIGS[:4], seeds=(0, 1), n_stopped=0, n_errored=0)
+    df = pd.read_parquet(run / "trials.parquet")
+    ens = df.index % 2 == 1
+    df["teacher.ensemble"] = np.where(ens, ENSEMBLE, None)
+    df["teacher_name"] = np.where(ens, "ensemble resnet20/cifar + vit_tiny", "vit_tiny")
+    df["teacher_members"] = np.where(ens, MEMBERS, None)
+    df["student_family"] = "vit"
+    write_trials(run, df)
+    out = load_runs(run)
+    assert out["teacher_name"].tolist() == df["teacher_name"].tolist()
+    assert out["teacher.ensemble"].tolist() == df["teacher.ensemble"].tolist()
+    assert out["teacher_members"].tolist() == df["teacher_members"].tolist()
+    assert set(out["student_family"]) == {"vit"}
+    agg = aggregate_seeds(out)
+    # teacher.ensemble is a config key: seed 1 (the ensemble) no longer pools with seed 0
+    assert len(agg) == 2 * 4 and set(agg["n_seeds"]) == {1}
+    assert set(agg["teacher_name"]) == set(df["teacher_name"])
+    for _, row in agg.iterrows():
+        members = out[out.trial_id.isin(row["trial_ids"].split(";"))]
+        assert set(members["teacher_name"]) == {row["teacher_name"]}
+        assert row["student_family"] == "vit"
+
+
+def test_old_run_without_teacher_columns_derives_them(tmp_path):
+    run = make_fake_run(tmp_path, "old", students=("resnet18",), configs=CONFIGS[:3],
+                        seeds=(0,))
+    df = pd.read_parquet(run / "trials.parquet")
+    assert not {"teacher_name", "teacher.ensemble", "teacher_members",
+                "student_family"} & set(df.columns)
+    out = load_runs(run)
+    assert set(out["teacher_name"]) == {"resnet50/cifar"}
+    assert set(out["student_family"]) == {"cnn"}
+    assert out["teacher.ensemble"].isna().all() and out["teacher_members"].isna().all()
+    # rows that lack a value (an errored trial) get it from their config: a ViT teacher has
+    # no stem, an ensemble is named after its members
+    df["teacher_name"] = None
+    df["teacher.ensemble"] = None
+    df.loc[0, "teacher.arch"] = "vit_tiny"
+    df.loc[1, "teacher.ensemble"] = ENSEMBLE
+    df.loc[2, "teacher_name"] = "resnet56/cifar"
+    df["student_family"] = None
+    df.loc[3, "student.arch"] = "vit_tiny_d6"
+    write_trials(run, df)
+    out = load_runs(run)
+    assert out["teacher_name"].tolist()[:4] == ["vit_tiny", "ensemble resnet20/cifar + vit_tiny",
+                                                "resnet56/cifar", "resnet50/cifar"]
+    assert out["student_family"].tolist()[:4] == ["cnn", "cnn", "cnn", "vit"]
