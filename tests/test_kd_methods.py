@@ -472,7 +472,7 @@ def test_one_sweep_mixes_methods_each_with_the_teacher_it_needs(tmp_path):
     proc = subprocess.run(kdtune_cmd("sweep", space, "--out", out), capture_output=True,
                           text=True, env=cli_env(), timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "teacher cache: views for logit, dkd, online teacher for fitnets, attention" \
+    assert "teacher cache: view cache for logit, dkd, online teacher for fitnets, attention" \
         in proc.stdout
     df = pd.read_parquet(out / "trials.parquet")
     # 4 methods + per arch x stem (1 x 1) the no-KD run; each method's KD twin would be its

@@ -339,9 +339,10 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
         cache_epochs = planned * sw.base.train.epochs * len(logit_methods) / len(methods)
         cache_mode = "views" if logit_methods and sw.base.teacher.cache == "auto" and \
             cache_epochs > 162 else resolve_cache_mode(probe, cache_epochs)
-        cache_note = cache_mode if len(logit_methods) == len(methods) else (
+        how = {"views": "view cache", "none": "online teacher"}
+        cache_note = how[cache_mode] if len(logit_methods) == len(methods) else (
             "online teacher (feature methods)" if not logit_methods else
-            f"{cache_mode} for {', '.join(logit_methods)}, online teacher for "
+            f"{how[cache_mode]} for {', '.join(logit_methods)}, online teacher for "
             + ", ".join(m for m in methods if m not in LOGIT_METHODS))
         print(f"sweep '{sw.search.name}': {planned} trials ({len(sw.search.seeds)} seed(s)), "
               f"up to {max_t} epochs each, {sw.search.max_concurrent} at a time, "
@@ -456,8 +457,12 @@ def _summary(df: pd.DataFrame, wall: float, store: RunStore, session: set) -> No
         kd = ("no KD" if b["kd.alpha"] == 0 else
               f"{method} T={b['kd.temperature']:.3g}" + (
                   "" if method == "dkd" else f" alpha={b['kd.alpha']:.3g}"))
-        lines.append(f"best by val_acc: {b['trial_id']} {b['student.arch']}/"
-                     f"{b['student.stem']} {kd} prune={b['prune.ratio']:.2f}: val "
+        student = b["student.arch"] if b.get("student_family") == "vit" else \
+            f"{b['student.arch']}/{b['student.stem']}"
+        teacher = f" from {b['teacher_name']}" if b["kd.alpha"] and b.get("teacher_name") \
+            and df["teacher_name"].nunique() > 1 else ""
+        lines.append(f"best by val_acc: {b['trial_id']} {student} {kd}{teacher} "
+                     f"prune={b['prune.ratio']:.2f}: val "
                      f"{b['val_acc']:.2%}, test {b['test_acc']:.2%}")
     lines.append(f"results: {store.url('trials.parquet')}")
     print("\n".join(lines), flush=True)
