@@ -53,9 +53,14 @@ PRETRAINED = (None, "imagenet")
 # from-scratch ViTs of Lee et al. 2021, arXiv:2112.13492, use 1e-3 too; DeiT's 5e-4 x batch/512
 # is for 300 ImageNet epochs) and a linear warm-up: 10 % of the epochs, at most DeiT's 5, as
 # attention logits of an untrained ViT blow up under a full-size first step.
+# ViTs also get Cutout 16 px (DeVries & Taylor 2017's CIFAR-10 size): they lack a CNN's
+# locality prior and overfit 45k images where a ResNet does not; RandAugment/mixup, DeiT's
+# heavier choices, would need per-image ops or mixed labels the trial's losses do not take.
 RECIPES = {
-    "cnn": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup": (0.0, 0.0)},
-    "vit": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup": (0.1, 5.0)},
+    "cnn": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup": (0.0, 0.0),
+            "cutout": 0},
+    "vit": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup": (0.1, 5.0),
+            "cutout": 16},
 }
 # auto: on for CUDA (where bf16 autocast and channels_last pay off), off for CPU. Forcing them on
 # is how the CPU test suite runs the CUDA code paths.
@@ -163,6 +168,9 @@ class TrainConfig:
     optimizer: str | None = _f(None, choices=OPTIMIZERS, doc="null: per architecture family")
     warmup_epochs: float | None = _f(None, ge=0, doc="linear lr warm-up before the cosine "
                                      "decay (schedule: cosine only); null: per family")
+    cutout: int | None = _f(None, ge=0, doc="Cutout square (px) erased from each student "
+                            "training image, 0: off; null: per family (ViT 16). The teacher "
+                            "then runs online: the view cache holds un-erased views")
     momentum: float = _f(0.9, ge=0, lt=1)
     schedule: str = _f("cosine", choices=SCHEDULES)
     eval_batch_size: int = _f(1024, ge=1)
@@ -498,8 +506,8 @@ def _recipe(section, arch: str, epochs: int, schedule: str) -> dict:
     share, most = r["warmup"]
     warmup = 0.0 if schedule == "onecycle" else min(most, share * epochs)
     fill = {"optimizer": r["optimizer"], "lr": r["lr"], "weight_decay": r["weight_decay"],
-            "warmup_epochs": round(warmup, 4)}
-    return {k: v for k, v in fill.items() if getattr(section, k) is None}
+            "warmup_epochs": round(warmup, 4), "cutout": r["cutout"]}
+    return {k: v for k, v in fill.items() if getattr(section, k, 0) is None}
 
 
 def resolve_recipe(cfg: TrialConfig) -> TrialConfig:
@@ -658,6 +666,11 @@ def load_trial_config(path: str | Path, overrides=None) -> TrialConfig:
     cfg = trial_config(raw, overrides)
     check_kd_keys({cfg.kd.method}, _given_kd(raw, overrides))
     check_teacher_cache({cfg.kd.method}, cfg.teacher, cfg.kd.alpha)
+    if cfg.train.cutout and cfg.teacher.cache == "views" and cfg.kd.alpha > 0:
+        raise KDTuneError(f"teacher.cache: views cannot serve train.cutout: {cfg.train.cutout} "
+                          "(the cache holds the teacher's logits of un-erased views; "
+                          f"{cfg.student.arch} trains on erased ones); use teacher.cache: auto "
+                          "or none, or train.cutout: 0")
     return cfg
 
 

@@ -341,9 +341,11 @@ class DeviceData:
         full = lambda v: torch.full_like(idx, v)  # noqa: E731
         return self.normalize(self.crop_flip(idx, full(dy), full(dx), full(flip)))
 
-    def train_batches(self, batch_size: int, seed: int):
+    def train_batches(self, batch_size: int, seed: int, cutout: int = 0):
         """One epoch: yields (idx, x, y, view). Order and views come from `seed`, drawn in one go
-        on the CPU generator and moved once, so the loop has no per-step host work."""
+        on the CPU generator and moved once, so the loop has no per-step host work. `cutout`
+        > 0: each image also loses one cutout x cutout square (see `cutout`); `view` then no
+        longer names the pixels exactly, so the view cache must not serve such a batch."""
         g = torch.Generator().manual_seed(seed)
         n = self.n_train
         perm = torch.randperm(n, generator=g)
@@ -354,6 +356,9 @@ class DeviceData:
         else:
             dy = dx = torch.full((n,), PAD)
             flip = torch.zeros(n, dtype=torch.long)
+        # drawn after the views, so a run without cutout sees the very batches it always did
+        centres = torch.randint(0, self.size, (2, n), generator=g).to(self.device) \
+            if cutout else None
         perm, dy, dx, flip = (t.to(self.device) for t in (perm, dy, dx, flip))
         view = view_index(dy, dx, flip) if self.augment else torch.zeros_like(dy)
         # Drop the ragged last batch: a batch of 1 breaks BatchNorm, and equal steps keep the
@@ -361,8 +366,24 @@ class DeviceData:
         bs = min(batch_size, n)
         for start in range(0, n - bs + 1, bs):
             i = perm[start:start + bs]
-            yield i, self.normalize(self.crop_flip(i, dy[i], dx[i], flip[i])), \
-                self.y_train[i], view[i]
+            x = self.crop_flip(i, dy[i], dx[i], flip[i])
+            if cutout:
+                x = self.cutout(x, centres[0, i], centres[1, i], cutout)
+            yield i, self.normalize(x), self.y_train[i], view[i]
+
+    def cutout(self, x_u8: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor,
+               size: int) -> torch.Tensor:
+        """Cutout (DeVries & Taylor 2017, arXiv:1708.04552): a size x size square centred at
+        (cy, cx), clipped at the border, set to the data's mean colour, which normalises to 0
+        as in the paper (it erases after normalising). On the uint8 batch, before any resize,
+        with one mask per image built by broadcasting: no per-image loop."""
+        ar = torch.arange(self.size, device=x_u8.device)
+        lo_y, lo_x = cy - size // 2, cx - size // 2
+        rows = (ar >= lo_y[:, None]) & (ar < lo_y[:, None] + size)
+        cols = (ar >= lo_x[:, None]) & (ar < lo_x[:, None] + size)
+        mask = (rows[:, :, None] & cols[:, None, :])[:, None]  # (B, 1, H, W)
+        fill = self.mean.round().to(torch.uint8)  # (1, 3, 1, 1)
+        return torch.where(mask, fill, x_u8)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return max(1, self.n_train // min(batch_size, self.n_train))

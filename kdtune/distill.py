@@ -51,11 +51,13 @@ from .prune import output_layer
 def teacher_mode(cfg: TrialConfig, sweep_mode: str) -> str:
     """How this trial gets its teacher: "views" (the view cache), "none" (the teacher model
     online; for alpha 0, no teacher at all). `sweep_mode` is what the run chose for logit
-    methods (kdtune.trial.resolve_cache_mode); feature methods, and vision-transformer
-    teachers (kdtune.teacher), always run online."""
+    methods (kdtune.trial.resolve_cache_mode); feature methods, vision-transformer teachers
+    (kdtune.teacher) and students trained with Cutout (train.cutout) always run it online."""
     if cfg.kd.alpha == 0 or cfg.kd.method in FEATURE_METHODS:
         return "none"
     if any(model_family(m.arch) == "vit" for m in cfg.teacher.members()):
+        return "none"
+    if cfg.train.cutout:  # the cached logits are of un-erased views
         return "none"
     return sweep_mode
 

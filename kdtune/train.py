@@ -115,12 +115,12 @@ def train_step(model, x: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.T
 
 
 def train_epoch(model, dd: DeviceData, opt, sched, batch_size: int, seed: int, loss_fn: LossFn,
-                *, bf16: bool) -> tuple[float, int]:
-    """One pass; returns (mean loss, steps)."""
+                *, bf16: bool, cutout: int = 0) -> tuple[float, int]:
+    """One pass; returns (mean loss, steps). `cutout`: see DeviceData.cutout."""
     model.train()
     total = torch.zeros((), device=dd.device)
     steps = 0
-    for idx, x, y, view in dd.train_batches(batch_size, seed):
+    for idx, x, y, view in dd.train_batches(batch_size, seed, cutout):
         total += train_step(model, x, lambda logits: loss_fn(logits, idx, x, y, view), opt,
                             sched, bf16=bf16)
         steps += 1

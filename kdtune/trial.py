@@ -78,10 +78,11 @@ def provenance(device: torch.device | None = None) -> dict:
 def resolve_cache_mode(cfg: TrialConfig, teacher_passes_per_image: float) -> str:
     """`teacher.cache: auto`: the view cache costs num_views teacher passes per image once; an
     online teacher costs one per image per student epoch. Pick the cheaper for the planned work.
-    Feature methods (kd.method fitnets, attention, cosine) always run the teacher online."""
+    Feature methods (kd.method fitnets, attention, cosine), ViT teachers and Cutout
+    (train.cutout) always run the teacher online."""
     if cfg.kd.alpha == 0:
         return "none"  # the no-KD baseline needs no teacher at all
-    if cfg.kd.method not in LOGIT_METHODS or has_vit(cfg):
+    if cfg.kd.method not in LOGIT_METHODS or has_vit(cfg) or cfg.train.cutout:
         check_teacher_cache({cfg.kd.method}, cfg.teacher, cfg.kd.alpha)
         return "none"
     if cfg.teacher.cache != "auto":
@@ -99,8 +100,9 @@ def _config_hash(cfg: TrialConfig, data_identity: str) -> str:
     d["data"].pop("root")
     if d["prune"]["method"] == "unstructured":  # keys added with channel pruning: an older
         del d["prune"]["method"], d["prune"]["round_to"]  # checkpoint still matches
-    if not d["train"]["warmup_epochs"]:  # and with the ViT recipe
-        del d["train"]["warmup_epochs"]
+    for key in ("warmup_epochs", "cutout"):  # and those added with the ViT recipe
+        if not d["train"][key]:
+            del d["train"][key]
     d["teacher"] = {k: v for k, v in d["teacher"].items()
                     if not (k in ("warmup_epochs", "ensemble") and not v)}
     if d["kd"]["method"] == "logit":  # and those added with kd.method
@@ -267,7 +269,8 @@ def run_trial(cfg: TrialConfig, report: Report | None = None, checkpoint_dir: st
             t0 = time.perf_counter()
             distiller.epoch = epoch
             loss, n_steps = train_epoch(student, dd, opt, sched, cfg.train.batch_size,
-                                        cfg.seed * 100_003 + epoch, distiller.loss, bf16=bf16)
+                                        cfg.seed * 100_003 + epoch, distiller.loss, bf16=bf16,
+                                        cutout=cfg.train.cutout)
             t_train = time.perf_counter()
             step_s.append((t_train - t0) / n_steps)
             val = measure.accuracy(student, dd.eval_batches("val", eval_bs), autocast_bf16=bf16)

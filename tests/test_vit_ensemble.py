@@ -71,8 +71,10 @@ def test_each_family_gets_its_recipe_unless_written():
             cnn.train.warmup_epochs) == ("sgd", 0.1, 5e-4, 0.0)
     assert (cnn.teacher.optimizer, cnn.teacher.lr, cnn.teacher.weight_decay,
             cnn.teacher.warmup_epochs) == ("adamw", 1e-3, 0.05, 2.0)
+    assert cnn.train.cutout == 0
     vit = trial_config({"student": {"arch": "vit_tiny_d6"}, "train": {"epochs": 100}})
     assert (vit.train.optimizer, vit.train.lr, vit.train.weight_decay) == ("adamw", 1e-3, 0.05)
+    assert vit.train.cutout == 16
     assert vit.train.warmup_epochs == 5.0  # 10 % of the epochs, at most DeiT's 5
     assert trial_config({"student": {"arch": "vit_tiny_d6"},
                          "train": {"epochs": 6}}).train.warmup_epochs == 0.6
@@ -117,6 +119,38 @@ def test_adamw_does_not_decay_norms_biases_or_embeddings():
         assert id(p) not in decay
 
 
+def test_cutout_erases_one_square_per_image_and_nothing_else():
+    from kdtune.config import DataConfig
+    from kdtune.data import DeviceData, load_split
+
+    split = load_split(DataConfig(dataset="synthetic", synthetic_train=300, val_size=100),
+                       "/tmp/kdtune-test-cutout")
+    dd = DeviceData(split, torch.device("cpu"))
+    plain = list(dd.train_batches(50, seed=3))
+    cut = list(dd.train_batches(50, seed=3, cutout=8))
+    for (i0, x0, y0, v0), (i1, x1, y1, v1) in zip(plain, cut):
+        # the same images, views and labels: cutout draws after them
+        assert torch.equal(i0, i1) and torch.equal(v0, v1) and torch.equal(y0, y1)
+        changed = (x0 != x1).any(1)  # (B, H, W)
+        for img in range(len(i0)):
+            ys, xs = changed[img].nonzero(as_tuple=True)
+            if len(ys):  # a rectangle of at most 8 x 8 (clipped at the border) ...
+                h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+                assert h <= 8 and w <= 8 and len(ys) <= h * w
+            # ... whose pixels are the data's mean colour, 0 once normalised
+            assert x1[img][:, changed[img]].abs().max() < 0.03 if len(ys) else True
+        assert changed.float().mean() > 0.03  # about 8 x 8 / 32 x 32, less where clipped
+
+
+def test_cutout_runs_the_teacher_online():
+    from kdtune.distill import teacher_mode
+
+    cfg = trial_config({"student": {"arch": "vit_tiny_d6"}})
+    assert teacher_mode(cfg, "views") == "none"
+    cfg.train.cutout = 0
+    assert teacher_mode(cfg, "views") == "views"
+
+
 def test_onecycle_with_warmup_is_refused():
     with pytest.raises(KDTuneError, match="train.warmup_epochs: applies to train.schedule: "
                                           "cosine only"):
@@ -152,6 +186,8 @@ def test_onecycle_with_warmup_is_refused():
     ({"teacher": {"ensemble": []}}, "teacher.ensemble: expected a list of teachers"),
     ({"teacher": {"ensemble": [{"stem": "cifar"}]}},
      r"teacher.ensemble\[0\]: expected a mapping with arch"),
+    ({"student": {"arch": "vit_tiny_d6"}, "teacher": {"cache": "views"}},
+     "teacher.cache: views cannot serve train.cutout: 16"),
 ])
 def test_trial_config_refusals_name_the_key(tmp_path, raw, needle):
     path = tmp_path / "t.yaml"
