@@ -111,7 +111,7 @@ class TeacherConfig:
     stem: str = _f("cifar", choices=STEMS)
     pretrained: str | None = _f(None, choices=PRETRAINED)
     epochs: int = _f(30, ge=0)
-    # null: the architecture family's recipe (RECIPES): sgd 0.1 / 5e-4 for CNNs, adamw ...
+    # lr, weight_decay, optimizer, warmup_epochs: null is the teacher's family recipe (RECIPES)
     lr: float | None = _f(None, gt=0, doc="null: per architecture family (RECIPES)")
     batch_size: int = _f(256, ge=1)
     weight_decay: float | None = _f(None, ge=0, doc="null: per architecture family")

@@ -531,6 +531,8 @@ def _row_config(run: Path, row: dict):
             v = int(v)  # an integer column that held a NaN somewhere came back as floats
         if isinstance(v, str) and isinstance(base_v, bool):
             v = yaml.safe_load(v)  # a mixed-type column is written as text
+        if k == "teacher.ensemble" and isinstance(v, str):
+            v = json.loads(v)  # a list, kept as JSON text in the table (sweep.writer)
         overrides.append((k, v))
     return trial_config(resolved, overrides)
 

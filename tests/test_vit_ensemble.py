@@ -356,3 +356,22 @@ def test_sweep_skips_ensemble_x_feature_method_and_counts_the_rest(tmp_path):
     # 4 grid points - 1 skipped, + 1 no-KD run (the twins are grid points already)
     assert n_trials(sw) == 3 + 1
     assert len(baseline_configs(sw)) == 1
+
+
+def test_export_reads_a_trial_config_with_a_searched_ensemble_back(tmp_path):
+    from kdtune.export import _row_config
+
+    raw = {"teacher": {"arch": "cnn4"}, "search": {"space": {
+        "teacher.ensemble": {"type": "choice", "values": [["cnn4"], ["cnn4", "resnet8"]]},
+        "student.arch": {"type": "choice", "values": ["resnet8", "vit_tiny_d6"]}}}}
+    sw = sweep_config(raw)
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(
+        {**sw.base.to_dict(), "search": {"space": raw["search"]["space"]}}))
+    trial = trial_config(sw.base.to_dict(), [("teacher.ensemble", ["cnn4", "resnet8"]),
+                                             ("student.arch", "vit_tiny_d6")])
+    row = trial.flat()  # as the sweep writer stores it: the ensemble as JSON text
+    row["teacher.ensemble"] = json.dumps(row["teacher.ensemble"])
+    cfg = _row_config(tmp_path, row)
+    assert cfg == trial
+    assert cfg.teacher.name() == "ensemble cnn4/cifar + resnet8/cifar"
+    assert cfg.train.optimizer == "adamw"  # resolved for the trial's own student
