@@ -1452,7 +1452,7 @@ def _kd_entry(pair: dict, cell: dict, with_epochs: bool, named: bool) -> dict:
         label += f" · teacher {teacher}"
     tick = (f"{_student_text({**pair['a'], **cell}, sep='<br>')}<br>"
             f"{_prune_short(pair['a'], pair['b'])}<br>"
-            + (f"{_e(teacher)}<br>" if teacher is not None else "")
+            + (f"{_e(teacher).replace(' + ', '<br>+ ')}<br>" if teacher is not None else "")
             + (f"{method}, " if named else "") + pair["short"])
     ratio = pair["a"].get("prune.ratio")
     return dict(pair, arch=cell["student.arch"], cell=cell, cell_label=cell_label,
@@ -1499,6 +1499,13 @@ def _pair_figure(data: _Data, pairs: list[dict], x_labels: list[str], names: tup
                       yaxis=dict(title="test accuracy (%), mean ± 95 % CI",
                                  range=[max(lo - pad, 0.0), min(hi + pad, 100.0)]),
                       xaxis=dict(type="category", automargin=True, tickangle=0))
+    if len(x_labels) > 8:
+        # side by side, more than ~8 multi-line labels overlap (16 in a 3-teacher x 3-method
+        # study): each on one line, turned upright, and room below for them
+        fig.update_xaxes(tickvals=x_labels, tickangle=-90,
+                         ticktext=[t.replace("<br>+ ", " + ").replace("<br>", " · ")
+                                   for t in x_labels])
+        fig.update_layout(height=460 + 7 * max(len(t) for t in x_labels) // 2)
     return fig
 
 

@@ -12,11 +12,12 @@ from torch import nn
 from kdtune.errors import KDTuneError
 from kdtune.measure import count_flops
 from kdtune.models import (architecture_signature, create_model, layer_widths, list_models,
-                           load_student, rebuild_student, save_student)
+                           load_student, model_family, rebuild_student, save_student)
 from kdtune.prune import apply_pruning, conv_channels, make_permanent, output_layer, \
     prune_channels
 
-CNNS = list_models()  # every registry model is a CNN today; a ViT would need its own rules
+# channel pruning is for CNNs; a ViT is refused at validation (tests/test_vit_ensemble.py)
+CNNS = [m for m in list_models() if model_family(m) == "cnn"]
 
 
 def _x(n=2, size=32):

@@ -78,7 +78,8 @@ STUDENTS = [("resnet8", "cifar", 0.0), ("resnet20", "cifar", 0.0), ("resnet20", 
             ("mobilenet_v3_small", "cifar", 0.3),
             # the rest of the registry: any model can be a student
             ("resnet32", "cifar", 0.0), ("resnet56", "cifar", 0.3), ("resnet18", "cifar", 0.3),
-            ("resnet34", "standard", 0.0), ("resnet50", "cifar", 0.3)]
+            ("resnet34", "standard", 0.0), ("resnet50", "cifar", 0.3),
+            ("vit_tiny", "cifar", 0.0), ("vit_tiny_d6", "cifar", 0.0)]  # ViTs: no channel cut
 
 
 @pytest.mark.parametrize("arch, stem, ratio", STUDENTS)

@@ -290,17 +290,6 @@ def test_distillation_across_cnn_and_vit(tiny_raw, student, teacher, method):
         assert (r["precision"], r["channels_last"]) == ("bf16", True)
 
 
-def test_a_vit_exports_to_onnx(tmp_path):
-    pytest.importorskip("onnxruntime")
-    from kdtune import export
-
-    model = create_model("vit_tiny_d6").eval()
-    sess = export.session(str(export.export_fp32(model, tmp_path / "v.onnx", 32)), 1)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        want = model(x).numpy()
-    assert abs(export.logits(sess, x.numpy()) - want).max() < 1e-4
-
 
 def test_ensemble_members_prepared_once_views_stacked_and_loss_uses_the_mean(tiny_raw,
                                                                              tmp_path):
@@ -375,3 +364,31 @@ def test_export_reads_a_trial_config_with_a_searched_ensemble_back(tmp_path):
     assert cfg == trial
     assert cfg.teacher.name() == "ensemble cnn4/cifar + resnet8/cifar"
     assert cfg.train.optimizer == "adamw"  # resolved for the trial's own student
+
+
+@pytest.mark.parametrize("sampler", ["grid", "tpe"])
+def test_the_searcher_never_issues_a_skipped_pair(tmp_path, sampler):
+    from kdtune.sweep.plan import n_trials, skipped
+    from kdtune.sweep.space import SeededSearch
+
+    grid = sampler == "grid"
+    kind = "grid" if grid else "choice"
+    space = tmp_path / "s.yaml"
+    space.write_text(yaml.safe_dump({"teacher": {"arch": "cnn4"}, "search": {
+        "sampler": sampler, "scheduler": "fifo", "num_samples": 6, "seeds": [0, 1],
+        "space": {"teacher.ensemble": {"type": kind, "values": [["cnn4"], ["cnn4", "resnet8"]]},
+                  "kd.method": {"type": kind, "values": ["logit", "cosine", "dkd"]}}}}))
+    sw = load_sweep_config(space)
+    searcher = SeededSearch(sw)
+    issued = []
+    for i in range(n_trials(sw) + 3):
+        cfg = searcher.suggest(f"t{i}")
+        if not isinstance(cfg, dict):
+            break
+        issued.append(cfg)
+        searcher.on_trial_complete(f"t{i}", {"val_acc": 0.5})
+    assert len(issued) == n_trials(sw) == (5 if grid else 6) * 2
+    assert not any(skipped(sw, c) for c in issued)
+    if grid:  # every other pair, once per seed
+        pairs = {(c["teacher.ensemble"], c["kd.method"], c["seed"]) for c in issued}
+        assert len(pairs) == 10
