@@ -44,8 +44,9 @@ from torch import nn
 from .config import FEATURE_METHODS, STAGE_METHODS, KDConfig, TrialConfig
 from .errors import KDTuneError
 from .losses import at_loss, cosine_loss, dkd_loss, ensemble_logits, kd_loss, resize_map
-from .models import create_model, feature_stages, model_family
+from .models import create_model, feature_stages
 from .prune import output_layer
+from .teacher import has_vit
 
 
 def teacher_mode(cfg: TrialConfig, sweep_mode: str) -> str:
@@ -53,9 +54,7 @@ def teacher_mode(cfg: TrialConfig, sweep_mode: str) -> str:
     online; for alpha 0, no teacher at all). `sweep_mode` is what the run chose for logit
     methods (kdtune.trial.resolve_cache_mode); feature methods, vision-transformer teachers
     (kdtune.teacher) and students trained with Cutout (train.cutout) always run it online."""
-    if cfg.kd.alpha == 0 or cfg.kd.method in FEATURE_METHODS:
-        return "none"
-    if any(model_family(m.arch) == "vit" for m in cfg.teacher.members()):
+    if cfg.kd.alpha == 0 or cfg.kd.method in FEATURE_METHODS or has_vit(cfg):
         return "none"
     if cfg.train.cutout:  # the cached logits are of un-erased views
         return "none"

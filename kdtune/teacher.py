@@ -256,7 +256,8 @@ def prepare_teacher(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: 
 
 def _prepare_ensemble(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: bool,
                       log) -> Teacher:
-    members = [prepare_teacher(c, split, dd, want_views, log) for c in member_configs(cfg)]
+    configs = member_configs(cfg)
+    members = [prepare_teacher(c, split, dd, want_views, log) for c in configs]
     model = TeacherEnsemble([t.model for t in members]).eval()
     bf16 = resolve_precision(cfg.train.precision, dd.device) == "bf16"
     mean = _MeanProbs(model)
@@ -267,7 +268,7 @@ def _prepare_ensemble(cfg: TrialConfig, split: Split, dd: DeviceData, want_views
         accuracy(mean, dd.eval_batches("test", eval_bs), autocast_bf16=bf16),
         sum(t.train_s for t in members), cache_hit=all(t.cache_hit for t in members),
         members=[{"name": c.teacher.name(), "val_acc": t.val_acc, "test_acc": t.test_acc}
-                 for c, t in zip(member_configs(cfg), members)])
+                 for c, t in zip(configs, members)])
     if want_views and all(t.views is not None for t in members):
         teacher.views = torch.stack([t.views for t in members], 2)  # (n, views, members, C)
         teacher.views_build_s = sum(t.views_build_s or 0.0 for t in members)

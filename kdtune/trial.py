@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import measure
-from .config import LOGIT_METHODS, TrialConfig, check_teacher_cache
+from .config import TrialConfig, check_teacher_cache
 from .data import DeviceData, Split, load_split, num_views
 from .errors import KDTuneError
 from .distill import Distiller, check_method, teacher_mode
@@ -24,7 +24,7 @@ from .models import (architecture_signature, create_model, model_family, rebuild
                      save_student)
 from .prune import apply_pruning, make_permanent, prune_channels, sparsity
 from .storage import atomic_path
-from .teacher import has_vit, prepare_teacher
+from .teacher import prepare_teacher
 from .train import (
     make_optimizer,
     make_schedule,
@@ -82,7 +82,7 @@ def resolve_cache_mode(cfg: TrialConfig, teacher_passes_per_image: float) -> str
     (train.cutout) always run the teacher online."""
     if cfg.kd.alpha == 0:
         return "none"  # the no-KD baseline needs no teacher at all
-    if cfg.kd.method not in LOGIT_METHODS or has_vit(cfg) or cfg.train.cutout:
+    if teacher_mode(cfg, "views") == "none":  # a teacher that can only run online
         check_teacher_cache({cfg.kd.method}, cfg.teacher, cfg.kd.alpha)
         return "none"
     if cfg.teacher.cache != "auto":
