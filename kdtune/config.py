@@ -540,14 +540,17 @@ def _build_ensemble(members) -> list[dict] | None:
         where = f"teacher.ensemble[{i}]"
         if isinstance(m, str):  # shorthand: just the arch
             m = {"arch": m}
-        if not isinstance(m, dict) or "arch" not in m:
+        if not isinstance(m, dict):
             raise KDTuneError(f"{where}: expected a mapping with arch, e.g. "
                               "{arch: resnet20, stem: cifar}, or an arch name")
         for k in m:
             if k not in MEMBER_KEYS:
                 raise KDTuneError(f"{where}.{k}: unknown key; allowed: {', '.join(MEMBER_KEYS)}")
-        build(TeacherConfig, m, where)
-        out.append(dict(m))
+        if "arch" not in m:
+            raise KDTuneError(f"{where}.arch: required (which model this teacher is)")
+        built = build(TeacherConfig, m, where)
+        # the checked values (2 -> 2.0 for a float key), so equal members hash alike
+        out.append({k: getattr(built, k) for k in m})
     return out
 
 
@@ -555,14 +558,23 @@ def _check_family(cfg: TrialConfig) -> None:
     """What a vision transformer cannot do: choose a stem, or be channel-pruned."""
     from .models import model_family
 
-    named = [("student", cfg.student.arch, cfg.student.stem)]
-    named += [("teacher" if not cfg.teacher.ensemble else f"teacher.ensemble[{i}]", m.arch,
-               m.stem) for i, m in enumerate(cfg.teacher.members())]
-    for where, arch, stem in named:
+    # (key the stem came from, where the ViT sits, arch, stem); an ensemble member that does
+    # not set its stem inherits teacher.stem: name the key that was written
+    named = [("student.stem", "", cfg.student.arch, cfg.student.stem)]
+    for i, m in enumerate(cfg.teacher.members()):
+        member = f"teacher.ensemble[{i}]"
+        if not cfg.teacher.ensemble:
+            named.append(("teacher.stem", "", m.arch, m.stem))
+        elif "stem" in cfg.teacher.ensemble[i]:
+            named.append((f"{member}.stem", "", m.arch, m.stem))
+        else:
+            named.append(("teacher.stem", f" (inherited by {member})", m.arch, m.stem))
+    for key, via, arch, stem in named:
         if model_family(arch) == "vit" and stem != "cifar":
-            raise KDTuneError(f"{where}.stem: {arch} is a vision transformer and has no stem "
-                              f"to choose (its patch-4 embedding is its 32 px design); drop "
-                              f"{where}.stem: {stem}")
+            raise KDTuneError(f"{key}: {arch}{via} is a vision transformer and has no stem to "
+                              f"choose (its patch-4 embedding is its 32 px design); drop {key}: "
+                              f"{stem}" + (", or give each CNN member its own stem" if via
+                                           else ""))
     if model_family(cfg.student.arch) == "vit" and cfg.prune.ratio > 0:
         if cfg.prune.method == "channel":
             raise KDTuneError(f"prune.method: channel cannot prune {cfg.student.arch}, a "
@@ -802,21 +814,23 @@ def sweep_config(raw: dict, overrides=None, default_name: str = "sweep") -> Swee
     alpha = 1.0 if "kd.alpha" in space or search.baseline else base.kd.alpha
     _check_searched_stem(base, space)
     teacher_keys = [k for k in space if k.startswith("teacher.") and k != "teacher.cache"]
-    skip = []
+    skip, pairs = [], 0
     for combo in itertools.product(*[space[k].values or [] for k in teacher_keys]):
         teacher = trial_config(base.to_dict(), list(zip(teacher_keys, combo)),
                                resolve=False).teacher
-        check_teacher_cache(methods, teacher, alpha)  # what no method of the space can fix
-        if "kd.method" not in space:
-            continue
-        # both searched: a method this teacher cannot serve skips that pair, the rest runs
-        for m in sorted(methods):
-            if not (teacher.ensemble and m in FEATURE_METHODS):
-                continue  # teacher.cache: views with a feature method serves the others
-            try:
-                check_teacher_cache({m}, teacher, alpha)
-            except KDTuneError as e:
-                skip.append(({**dict(zip(teacher_keys, combo)), "kd.method": m}, str(e)))
+        refused = set()
+        if "kd.method" in space and teacher.ensemble:
+            # both searched: an ensemble x feature-method pair is skipped, the rest runs
+            refused = methods & set(FEATURE_METHODS)
+            for m in sorted(refused):
+                why = (f"kd.method: {m} cannot distil from teacher.ensemble (it matches one "
+                       "teacher's features); use kd.method: logit or dkd with an ensemble")
+                skip.append(({**dict(zip(teacher_keys, combo)), "kd.method": m}, why))
+        pairs += len(methods)
+        if methods - refused:  # what no searched method fixes, e.g. views with a ViT teacher
+            check_teacher_cache(methods - refused, teacher, alpha)
+    if skip and len(skip) == pairs:
+        raise KDTuneError(f"search.space: every pair skipped, nothing would run: {skip[0][1]}")
     if STEM_SHORTHAND in space and ("teacher.stem" in space or "student.stem" in space):
         raise KDTuneError("search.space.stem: sets teacher.stem and student.stem together; "
                           "drop the separate teacher.stem/student.stem entry")

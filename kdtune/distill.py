@@ -234,6 +234,8 @@ class Distiller:
         self.bf16, self.input_size, self.channels_last = bf16, input_size, channels_last
         self.log = log
         self.method = cfg.kd.method if cfg.kd.alpha > 0 else "none"
+        if self.method in FEATURE_METHODS and cfg.teacher.ensemble:  # config checks refuse it
+            raise KDTuneError(f"kd.method: {self.method} cannot distil from teacher.ensemble")
         on = self.method != "none"  # a no-KD run has neither weight
         self.feature_weight = cfg.kd.resolved_feature_weight() if on else None
         self.dkd_warmup = cfg.kd.resolved_dkd_warmup(cfg.train.epochs) if on else None

@@ -257,6 +257,7 @@ def prepare_teacher(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: 
 def _prepare_ensemble(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: bool,
                       log) -> Teacher:
     configs = member_configs(cfg)
+    want_views = want_views and not has_vit(cfg)  # one ViT member: the ensemble runs online
     members = [prepare_teacher(c, split, dd, want_views, log) for c in configs]
     model = TeacherEnsemble([t.model for t in members]).eval()
     bf16 = resolve_precision(cfg.train.precision, dd.device) == "bf16"

@@ -185,6 +185,8 @@ def test_onecycle_with_warmup_is_refused():
      r"teacher.ensemble\[1\].arch: got 'resnet9'; allowed: .*vit_tiny"),
     ({"teacher": {"ensemble": []}}, "teacher.ensemble: expected a list of teachers"),
     ({"teacher": {"ensemble": [{"stem": "cifar"}]}},
+     r"teacher.ensemble\[0\].arch: required"),
+    ({"teacher": {"ensemble": [["resnet8"]]}},
      r"teacher.ensemble\[0\]: expected a mapping with arch"),
     ({"student": {"arch": "vit_tiny_d6"}, "teacher": {"cache": "views"}},
      "teacher.cache: views cannot serve train.cutout: 16"),
@@ -216,7 +218,8 @@ def test_a_vit_prunes_its_linear_layers_and_reloads(tiny_raw, tmp_path):
       "teacher.ensemble": {"type": "choice", "values": [None, ["resnet8", "vit_tiny"]]}},
      "search.space.teacher.stem: vit_tiny .teacher. is a vision transformer"),
     ({"kd.method": {"type": "choice", "values": ["fitnets", "cosine"]}},
-     "kd.method: cosine, fitnets cannot distil from teacher.ensemble"),
+     "every pair skipped, nothing would run: kd.method: cosine cannot distil from "
+     "teacher.ensemble"),
 ])
 def test_sweep_refusals(space, needle):
     raw = {"teacher": {"ensemble": ["resnet8", "resnet20"]} if "kd.method" in space else {},
@@ -392,3 +395,71 @@ def test_the_searcher_never_issues_a_skipped_pair(tmp_path, sampler):
     if grid:  # every other pair, once per seed
         pairs = {(c["teacher.ensemble"], c["kd.method"], c["seed"]) for c in issued}
         assert len(pairs) == 10
+
+
+def test_review_fixes_sweep_twins_teachers_and_checks(tmp_path):
+    from kdtune.sweep.plan import baseline_configs, check_methods, teacher_configs
+
+    def sweep(teacher, space, **search):
+        raw = {"teacher": teacher, "search": {"space": space, **search}}
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return load_sweep_config(path)
+
+    # a base ensemble's cosine twin is skipped like a searched pair (it never trains on one
+    # member's embedding)
+    sw = sweep({"ensemble": ["resnet8", "cnn4"]},
+               {"teacher.ensemble": {"type": "choice", "values": [["resnet8"],
+                                                                 ["resnet8", "cnn4"]]},
+                "kd.method": {"type": "choice", "values": ["logit", "cosine"]}}, baseline=True)
+    assert [b.get("kd.method") for b in baseline_configs(sw) if b["kd.alpha"]] == ["logit"]
+    # a KD twin's teacher (the base section) is prepared even when the space does not list it
+    sw = sweep({"arch": "resnet8"}, {"teacher.ensemble": {"type": "choice", "values": [
+        ["cnn4"], ["cnn4", "resnet8"]]}}, baseline=True)
+    names = [c.teacher.name() for c in teacher_configs(sw, sw.base.to_dict())]
+    assert sorted(names) == ["cnn4/cifar", "ensemble cnn4/cifar + resnet8/cifar",
+                             "resnet8/cifar"]
+    # validate sees a ViT that arrives through a searched one-teacher list
+    sw = sweep({"arch": "resnet8"}, {
+        "teacher.ensemble": {"type": "choice", "values": [["resnet8"], ["vit_tiny_d6"]]},
+        "kd.method": {"type": "choice", "values": ["logit", "fitnets"]}})
+    with pytest.raises(KDTuneError, match="fitnets cannot work for .* vit_tiny_d6"):
+        check_methods(sw)
+    # only feature methods: the single-teacher pairs still run, the ensemble ones are skipped
+    sw = sweep({"arch": "resnet8"}, {
+        "teacher.ensemble": {"type": "choice", "values": [["resnet8"], ["resnet8", "cnn4"]]},
+        "kd.method": {"type": "choice", "values": ["fitnets", "cosine"]}})
+    assert len(sw.skip) == 2
+    with pytest.raises(KDTuneError, match="every pair skipped"):
+        sweep({"ensemble": ["resnet8", "cnn4"]},
+              {"kd.method": {"type": "choice", "values": ["fitnets", "cosine"]}})
+
+
+def test_review_fixes_members_and_messages():
+    from kdtune.data import Split
+    from kdtune.teacher import member_configs, teacher_key
+
+    split = Split.__new__(Split)
+    split.identity = "x"
+    one = trial_config({"teacher": {"arch": "resnet8", "weight_decay": 0.0,
+                                    "warmup_epochs": 1.0}})
+    ens = trial_config({"teacher": {"ensemble": [{"arch": "resnet8", "weight_decay": 0,
+                                                  "warmup_epochs": 1}, "cnn4"]}})
+    # a member written with integers is the same teacher (the same cache entry)
+    assert teacher_key(member_configs(ens)[0], split) == teacher_key(one, split)
+    with pytest.raises(KDTuneError, match=r"teacher.ensemble\[1\].arhc: unknown key"):
+        trial_config({"teacher": {"ensemble": ["resnet8", {"arhc": "cnn4"}]}})
+    with pytest.raises(KDTuneError, match=r"^teacher.stem: vit_tiny \(inherited by "
+                                          r"teacher.ensemble\[1\]\) is a vision transformer"):
+        trial_config({"teacher": {"stem": "standard", "ensemble": ["resnet8", "vit_tiny"]}})
+
+
+def test_a_sweep_of_vit_students_builds_no_view_cache():
+    from kdtune.sweep.plan import resolve_paths
+    from kdtune.sweep.run import _views_readable
+
+    for arch, readable in (("vit_tiny_d6", False), ("resnet8", True)):
+        sw = sweep_config({"student": {"arch": arch}, "teacher": {"arch": "cnn4"},
+                           "search": {"space": {"kd.alpha": {"type": "choice",
+                                                             "values": [0.5, 0.9]}}}})
+        assert _views_readable(sw, resolve_paths(sw.base.to_dict()), ["logit"]) is readable

@@ -10,7 +10,7 @@ import itertools
 import json
 from pathlib import Path
 
-from ..config import STAGE_METHODS, STEM_SHORTHAND, SweepConfig, TrialConfig, trial_config
+from ..config import FEATURE_METHODS, STAGE_METHODS, STEM_SHORTHAND, SweepConfig, TrialConfig, trial_config
 
 SEED_KEY = "seed"
 BASELINE_KEY = "is_baseline"
@@ -62,11 +62,14 @@ def trial_cfg(base: dict, flat_config: dict) -> TrialConfig:
 
 
 def skipped(sw: SweepConfig, flat_config: dict) -> str | None:
-    """Why the sweep skips this combination of searched values (SweepConfig.skip), or None."""
-    values = dict(expand(flat_config))
-    for combo, why in sw.skip:
-        if all(k in values and values[k] == v for k, v in combo.items()):
-            return why
+    """Why the sweep skips this trial (SweepConfig.skip: a feature kd.method with a teacher
+    ensemble), or None. Judged on the trial's whole config, so a baseline twin, which names
+    only the keys it sets, is caught like a searched point."""
+    if not sw.skip:
+        return None
+    cfg = trial_cfg(sw.base.to_dict(), flat_config)
+    if cfg.kd.alpha > 0 and cfg.teacher.ensemble and cfg.kd.method in FEATURE_METHODS:
+        return sw.skip[0][1]
     return None
 
 
@@ -102,11 +105,15 @@ def teacher_configs(sw: SweepConfig, base: dict) -> list[TrialConfig]:
     keys = [k for k in sw.space if k.startswith("teacher.") or k == STEM_SHORTHAND]
     keys = [k for k in keys if k != "teacher.cache"]
     combos = itertools.product(*[_values(sw.space[k]) for k in keys]) if keys else [()]
+    points = [dict(zip(keys, combo)) for combo in combos]
+    # a KD twin distils from the base teacher section, which the space may not list
+    points += [b for b in baseline_configs(sw) if b["kd.alpha"] > 0]
     out = []
-    for combo in combos:
-        cfg = trial_cfg(base, dict(zip(keys, combo)))
+    for point in points:
+        cfg = trial_cfg(base, point)
         cfg.kd.alpha = max(cfg.kd.alpha, 1e-6)  # teachers are for KD trials
-        out.append(cfg)
+        if all(cfg.teacher != c.teacher for c in out):
+            out.append(cfg)
     return out
 
 
@@ -171,9 +178,11 @@ def check_methods(sw: SweepConfig, base: dict | None = None) -> None:
 
     base = sw.base.to_dict() if base is None else base
     keys = [k for k in (METHOD_KEY, "student.arch", "student.stem", "teacher.arch",
-                        "teacher.stem", STEM_SHORTHAND) if k in sw.space]
+                        "teacher.stem", ENSEMBLE_KEY, STEM_SHORTHAND) if k in sw.space]
     seen = set()
     for combo in itertools.product(*[_values(sw.space[k]) for k in keys]):
+        if skipped(sw, dict(zip(keys, combo))):
+            continue
         cfg = trial_cfg(base, dict(zip(keys, combo)))
         cfg.kd.alpha = max(cfg.kd.alpha, 1e-6)  # the KD trials of this combination
         what = (cfg.kd.method, cfg.student.arch, cfg.student.stem, cfg.teacher.arch,

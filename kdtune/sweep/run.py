@@ -196,6 +196,23 @@ def _keep_here(ref, meta: dict):
     return ray.put(_get(ref))
 
 
+def _views_readable(sw, base: dict, logit_methods: list[str]) -> bool:
+    """Whether any KD trial of the space can read a view cache: a logit method from a teacher
+    with no ViT, for a student trained without Cutout (kdtune.distill.teacher_mode)."""
+    from ..distill import teacher_mode
+
+    archs = list(sw.space["student.arch"].values) if "student.arch" in sw.space \
+        else [sw.base.student.arch]
+    for t in teacher_configs(sw, base):
+        for arch in archs:
+            for m in logit_methods:
+                cfg = trial_cfg(base, {"student.arch": arch, METHOD_KEY: m, "kd.alpha": 0.5})
+                cfg.teacher = t.teacher
+                if teacher_mode(cfg, "views") == "views":
+                    return True
+    return False
+
+
 def prepare_teachers(sw, base: dict, split, split_ref, want_views: bool, use_gpu: bool,
                      run_dir: Path, nodes: list[dict], expected: dict, in_driver: bool = False,
                      verbose: bool = False) -> dict:
@@ -339,6 +356,8 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
         cache_epochs = planned * sw.base.train.epochs * len(logit_methods) / len(methods)
         cache_mode = "views" if logit_methods and sw.base.teacher.cache == "auto" and \
             cache_epochs > 162 else resolve_cache_mode(probe, cache_epochs)
+        if cache_mode == "views" and not _views_readable(sw, base, logit_methods):
+            cache_mode = "none"  # every KD trial runs its teacher online: build no cache
         how = {"views": "view cache", "none": "online teacher"}
         cache_note = how[cache_mode] if len(logit_methods) == len(methods) else (
             "online teacher (feature methods)" if not logit_methods else
