@@ -634,6 +634,17 @@ def check_kd_keys(methods: set[str], given: dict[str, Any], where: str = "") -> 
                               "baseline")
 
 
+def ensemble_refusal(method: str, teacher: TeacherConfig) -> str | None:
+    """Why `method` cannot distil from `teacher`'s ensemble (a feature method matches one
+    teacher's features), or None. The one rule the config checks, a sweep's skipped pairs
+    (kdtune.sweep.plan.skipped) and the Distiller apply."""
+    if not (teacher.ensemble and method in FEATURE_METHODS):
+        return None
+    return (f"kd.method: {method} cannot distil from teacher.ensemble (it matches one "
+            "teacher's features, and an ensemble has no single feature map); use kd.method: "
+            "logit or dkd with an ensemble")
+
+
 def check_teacher_cache(methods: set[str], teacher: TeacherConfig, alpha: float) -> None:
     """What a teacher section cannot serve. teacher.cache: views serves logit methods only (a
     sweep that searches kd.method over logit and feature methods uses it for its logit/dkd
@@ -655,12 +666,9 @@ def check_teacher_cache(methods: set[str], teacher: TeacherConfig, alpha: float)
         raise KDTuneError(f"teacher.cache: views: {vits[0]} is a vision transformer, and ViT "
                           "teachers run online (their view cache would cost 162 forward "
                           "passes per image); use teacher.cache: auto or none")
-    feature = sorted(set(methods) & set(FEATURE_METHODS))
-    if teacher.ensemble and feature and (len(methods) == 1 or set(methods) <= set(feature)):
-        raise KDTuneError(f"kd.method: {', '.join(feature)} cannot distil from "
-                          "teacher.ensemble: it matches one teacher's features, and an "
-                          "ensemble has no single feature map; use kd.method: logit or dkd "
-                          "with an ensemble")
+    why = next(filter(None, (ensemble_refusal(m, teacher) for m in sorted(methods))), None)
+    if why:
+        raise KDTuneError(why)
 
 
 def _given_kd(raw: dict, overrides) -> dict[str, Any]:
@@ -819,13 +827,13 @@ def sweep_config(raw: dict, overrides=None, default_name: str = "sweep") -> Swee
         teacher = trial_config(base.to_dict(), list(zip(teacher_keys, combo)),
                                resolve=False).teacher
         refused = set()
-        if "kd.method" in space and teacher.ensemble:
+        if "kd.method" in space:
             # both searched: an ensemble x feature-method pair is skipped, the rest runs
-            refused = methods & set(FEATURE_METHODS)
-            for m in sorted(refused):
-                why = (f"kd.method: {m} cannot distil from teacher.ensemble (it matches one "
-                       "teacher's features); use kd.method: logit or dkd with an ensemble")
-                skip.append(({**dict(zip(teacher_keys, combo)), "kd.method": m}, why))
+            for m in sorted(methods):
+                why = ensemble_refusal(m, teacher)
+                if why:
+                    refused.add(m)
+                    skip.append(({**dict(zip(teacher_keys, combo)), "kd.method": m}, why))
         pairs += len(methods)
         if methods - refused:  # what no searched method fixes, e.g. views with a ViT teacher
             check_teacher_cache(methods - refused, teacher, alpha)

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FEATURE_METHODS, STAGE_METHODS, KDConfig, TrialConfig
+from .config import FEATURE_METHODS, STAGE_METHODS, KDConfig, TrialConfig, ensemble_refusal
 from .errors import KDTuneError
 from .losses import at_loss, cosine_loss, dkd_loss, ensemble_logits, kd_loss, resize_map
 from .models import create_model, feature_stages
@@ -54,9 +54,8 @@ def teacher_mode(cfg: TrialConfig, sweep_mode: str) -> str:
     online; for alpha 0, no teacher at all). `sweep_mode` is what the run chose for logit
     methods (kdtune.trial.resolve_cache_mode); feature methods, vision-transformer teachers
     (kdtune.teacher) and students trained with Cutout (train.cutout) always run it online."""
-    if cfg.kd.alpha == 0 or cfg.kd.method in FEATURE_METHODS or has_vit(cfg):
-        return "none"
-    if cfg.train.cutout:  # the cached logits are of un-erased views
+    # Cutout: the cached logits are of un-erased views
+    if cfg.kd.alpha == 0 or cfg.kd.method in FEATURE_METHODS or has_vit(cfg) or cfg.train.cutout:
         return "none"
     return sweep_mode
 
@@ -234,8 +233,8 @@ class Distiller:
         self.bf16, self.input_size, self.channels_last = bf16, input_size, channels_last
         self.log = log
         self.method = cfg.kd.method if cfg.kd.alpha > 0 else "none"
-        if self.method in FEATURE_METHODS and cfg.teacher.ensemble:  # config checks refuse it
-            raise KDTuneError(f"kd.method: {self.method} cannot distil from teacher.ensemble")
+        if ensemble_refusal(self.method, cfg.teacher):  # config checks refuse it first
+            raise KDTuneError(ensemble_refusal(self.method, cfg.teacher))
         on = self.method != "none"  # a no-KD run has neither weight
         self.feature_weight = cfg.kd.resolved_feature_weight() if on else None
         self.dkd_warmup = cfg.kd.resolved_dkd_warmup(cfg.train.epochs) if on else None

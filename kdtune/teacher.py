@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -42,6 +41,7 @@ from torch import nn
 
 from .config import TrialConfig
 from .data import DeviceData, Split, num_views
+from .losses import ensemble_logits
 from .measure import accuracy
 from .models import create_model, model_family
 from .storage import atomic_path
@@ -76,15 +76,15 @@ class TeacherEnsemble(nn.Module):
 
 
 class _MeanProbs(nn.Module):
-    """An ensemble's prediction, for its accuracy: log of the members' mean probability."""
+    """An ensemble's prediction, for its accuracy: its target at T = 1, the log of the
+    members' mean probability."""
 
     def __init__(self, ensemble: TeacherEnsemble):
         super().__init__()
         self.ensemble = ensemble
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.ensemble(x).float().log_softmax(-1)
-        return torch.logsumexp(z, 1) - math.log(z.shape[1])
+        return ensemble_logits(self.ensemble(x), 1.0)
 
 
 def has_vit(cfg: TrialConfig) -> bool:
@@ -188,9 +188,9 @@ def prepare_teacher(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: 
     `train.precision` resolved for dd's device, the one rule run_trial resolves it by too.
     An ensemble prepares each member so and stacks them (TeacherEnsemble); a vision
     transformer never gets a view cache (it runs online)."""
+    want_views = want_views and not has_vit(cfg)  # one ViT member: the ensemble runs online
     if cfg.teacher.ensemble:
         return _prepare_ensemble(cfg, split, dd, want_views, log)
-    want_views = want_views and not has_vit(cfg)
     bf16 = resolve_precision(cfg.train.precision, dd.device) == "bf16"
     eval_bs = cfg.train.eval_batch_size
     key = teacher_key(cfg, split)
@@ -257,7 +257,6 @@ def prepare_teacher(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: 
 def _prepare_ensemble(cfg: TrialConfig, split: Split, dd: DeviceData, want_views: bool,
                       log) -> Teacher:
     configs = member_configs(cfg)
-    want_views = want_views and not has_vit(cfg)  # one ViT member: the ensemble runs online
     members = [prepare_teacher(c, split, dd, want_views, log) for c in configs]
     model = TeacherEnsemble([t.model for t in members]).eval()
     bf16 = resolve_precision(cfg.train.precision, dd.device) == "bf16"

@@ -10,7 +10,8 @@ import itertools
 import json
 from pathlib import Path
 
-from ..config import FEATURE_METHODS, STAGE_METHODS, STEM_SHORTHAND, SweepConfig, TrialConfig, trial_config
+from ..config import (STAGE_METHODS, STEM_SHORTHAND, SweepConfig, TrialConfig,
+                      ensemble_refusal, trial_config)
 
 SEED_KEY = "seed"
 BASELINE_KEY = "is_baseline"
@@ -68,9 +69,7 @@ def skipped(sw: SweepConfig, flat_config: dict) -> str | None:
     if not sw.skip:
         return None
     cfg = trial_cfg(sw.base.to_dict(), flat_config)
-    if cfg.kd.alpha > 0 and cfg.teacher.ensemble and cfg.kd.method in FEATURE_METHODS:
-        return sw.skip[0][1]
-    return None
+    return ensemble_refusal(cfg.kd.method, cfg.teacher) if cfg.kd.alpha > 0 else None
 
 
 def skip_note(sw: SweepConfig) -> str | None:

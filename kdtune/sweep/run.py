@@ -173,7 +173,8 @@ def _throttled(period: float):
 def _print_teacher(m: dict) -> None:
     how = "cache hit" if m["cache_hit"] else f"trained in {m['train_s']:.0f}s"
     where = f" on {m['node']}" if m.get("node") else ""
-    print(f"teacher {m.get('name') or m['arch'] + '/' + m['stem']}: {how}{where}, val {m['val_acc']:.1%}, test "
+    name = m.get("name") or f"{m['arch']}/{m['stem']}"  # teachers.json before ensembles
+    print(f"teacher {name}: {how}{where}, val {m['val_acc']:.1%}, test "
           f"{m['test_acc']:.1%}" + (f", view cache {m['views_build_s']:.0f}s"
                                     if m["view_cache"] else ""), flush=True)
 
