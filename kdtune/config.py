@@ -318,6 +318,11 @@ class SearchConfig:
     max_failures: int = _f(2, ge=0, doc="a failed trial (its node lost, or an error) restarts "
                            "from its last epoch checkpoint up to this many times; a "
                            "deterministic error so costs max_failures+1 attempts")
+    optuna_storage: str | None = _f(None, doc="the Optuna study's RDB storage URL "
+                                    "(sqlite:///path.db, postgresql://user@host/db); default: "
+                                    "optuna.db (SQLite) in the run folder")
+    log_to: list = _f([], doc="trackers each trial is also logged to: mlflow (its tracking URI "
+                      "from MLFLOW_TRACKING_URI)")
 
 
 @dataclass
@@ -772,6 +777,43 @@ def _check_searched_stem(base: TrialConfig, space: dict[str, ParamSpec]) -> None
                                   "of CNNs only")
 
 
+#: search.log_to: where else each trial is logged (kdtune.sweep.trackers)
+LOG_TARGETS = ("mlflow",)
+#: search.optuna_storage: the database URL schemes Optuna's RDBStorage (SQLAlchemy) opens
+OPTUNA_STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
+
+
+def check_optuna_storage(url: str | None) -> None:
+    """A database URL SQLAlchemy can parse, of a kind Optuna stores studies in. Whether its
+    driver is installed and the server answers is found out when the sweep opens it."""
+    if url is None:
+        return
+    where = "search.optuna_storage"
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    if scheme not in OPTUNA_STORAGE_SCHEMES:
+        raise KDTuneError(f"{where}: {redact_url(url)!r} is not a database URL; expected "
+                          "sqlite:///path/to/optuna.db, postgresql://user@host/db or "
+                          "mysql://user@host/db (or leave it unset: optuna.db in the run folder)")
+    try:
+        from sqlalchemy.engine import make_url
+
+        make_url(url)
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's ArgumentError, ValueError
+        raise KDTuneError(f"{where}: cannot parse {redact_url(url)!r}: {e}") from None
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with its password replaced by ***: what sweep.yaml and messages show."""
+    if not url or "://" not in url or "@" not in url.split("://", 1)[1].split("/", 1)[0]:
+        return url
+    scheme, rest = url.split("://", 1)
+    cred, host = rest.split("/", 1)[0].rsplit("@", 1)
+    if ":" not in cred:
+        return url
+    path = rest[len(rest.split("/", 1)[0]):]
+    return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}{path}"
+
+
 def load_sweep_config(path: str | Path, overrides=None) -> SweepConfig:
     raw = read_yaml(path)
     if "search" not in raw:
@@ -857,6 +899,13 @@ def sweep_config(raw: dict, overrides=None, default_name: str = "sweep") -> Swee
     if len(set(search.seeds)) != len(search.seeds):
         raise KDTuneError(f"search.seeds: duplicates in {search.seeds}")
     grids = [k for k, s in space.items() if s.type == "grid"]
+    check_optuna_storage(search.optuna_storage)
+    if not all(isinstance(t, str) and t in LOG_TARGETS for t in search.log_to):
+        bad = next(t for t in search.log_to if not (isinstance(t, str) and t in LOG_TARGETS))
+        raise KDTuneError(f"search.log_to: unknown target {bad!r}; allowed: "
+                          f"{_fmt_choices(LOG_TARGETS)}")
+    if len(set(search.log_to)) != len(search.log_to):
+        raise KDTuneError(f"search.log_to: duplicates in {search.log_to}")
     if search.storage and "://" in search.storage and \
             search.storage.split("://", 1)[0].lower() not in STORAGE_SCHEMES:
         raise KDTuneError(f"search.storage: {search.storage}: unknown URI scheme; allowed: "

@@ -75,9 +75,15 @@ def with_defaults(stored: dict, default: dict | None = None, prefix: str = "") -
 MACHINE_LOCAL_KEYS = (("cache_dir",), ("data", "root"))
 
 
+# Where a sweep's records also go: not what the sweep is. A resumed sweep may log to MLflow
+# when the first session did not, or keep its Optuna study in another database (the searcher's
+# snapshot rebuilds what that one lacks: kdtune.sweep.space.SeededSearch.reconcile).
+SIDE_KEYS = (("search", "log_to"), ("search", "optuna_storage"))
+
+
 def portable(resolved: dict) -> dict:
     out = copy.deepcopy(resolved)
-    for path in MACHINE_LOCAL_KEYS:
+    for path in MACHINE_LOCAL_KEYS + SIDE_KEYS:
         d = out
         for k in path[:-1]:
             d = d.get(k) if isinstance(d, dict) else None

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..config import LOGIT_METHODS, load_sweep_config
+from ..config import LOGIT_METHODS, load_sweep_config, redact_url
 from ..data import load_split
 from ..errors import KDTuneError
 from ..export import resolve as resolve_onnx
@@ -289,6 +289,9 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
                                    "asha": sw.search.asha.__dict__,
                                    "resources": sw.search.resources.__dict__}}
     resolved = yaml.safe_load(yaml.safe_dump(resolved, sort_keys=False))
+    # sweep.yaml is shared and uploaded: a database password stays out of it (a resumed sweep
+    # takes the URL from its own config, never from sweep.yaml)
+    resolved["search"]["optuna_storage"] = redact_url(sw.search.optuna_storage)
     if resume:
         try:
             stored = yaml.safe_load((run_dir / "sweep.yaml").read_text())
