@@ -347,3 +347,21 @@ def test_dashboard_of_an_s3_run_goes_back_into_the_bucket(s3_sweep):
     # the sweep's own working copy (same cache folder) is left alone
     sweep_copy = s3_sweep.other / "runs" / "s3" / BUCKET / "sweeps" / "s3"
     assert len(list((sweep_copy / "checkpoints").glob("*.pt"))) >= 1
+
+
+def test_s3_sweep_keeps_its_optuna_study_in_the_bucket(s3_sweep, tmp_path):
+    """The study's SQLite file is uploaded as it changes (the kill found it in the bucket), and
+    the resume on "another machine" reopened the bucket's copy: it ends with every searched
+    config once, none RUNNING, each naming its rows of trials.parquet."""
+    import optuna
+
+    assert "optuna.db" in s3_sweep.at_kill
+    (tmp_path / "optuna.db").write_bytes(s3_sweep.files["optuna.db"])
+    study = optuna.load_study(study_name="s3", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    df = _bucket_trials(s3_sweep.fs, s3_sweep.root)
+    trials = study.trials
+    assert optuna.trial.TrialState.RUNNING not in {t.state for t in trials}
+    assert len(trials) == S3_PLANNED
+    ids = [i for t in trials for i in t.user_attrs["ray_trial_ids"]]
+    assert set(df["trial_id"]) <= set(ids)
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == S3_PLANNED

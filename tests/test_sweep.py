@@ -754,10 +754,85 @@ def test_multi_objective_search_tells_optuna_both_means_over_the_seeds():
     assert {k: v for k, v in first.items() if k != "seed"} == \
         {k: v for k, v in second.items() if k != "seed"}
     assert (first["seed"], second["seed"]) == (0, 1)
-    search.on_trial_complete("t1", {"val_acc": 0.5, "flops": 3e7})
-    search.on_trial_complete("t2", {"val_acc": 0.7, "flops": 3e7})
-    study = search.inner._ot_study
+    search.on_trial_complete("t1", {"val_acc": 0.5, "flops": 3e7, "final": True})
+    search.on_trial_complete("t2", {"val_acc": 0.7, "flops": 3e7, "final": True})
+    study = search.study
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE,
                                 optuna.study.StudyDirection.MINIMIZE]
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 1 and done[0].values == pytest.approx([0.6, 3e7])
+
+
+# --- the Optuna study beside the run (kdtune.sweep.space.SeededSearch) --------------------------
+
+
+def study_and_table(run_dir: Path):
+    import optuna
+
+    name = yaml.safe_load((run_dir / "sweep.yaml").read_text())["search"]["name"]
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    return study, pd.read_parquet(run_dir / "trials.parquet"), \
+        pd.read_parquet(run_dir / "epochs.parquet")
+
+
+def check_trial_against_rows(t, rows: pd.DataFrame, epochs: pd.DataFrame) -> None:
+    """An Optuna trial says what trials.parquet says of its seed group."""
+    import optuna
+
+    TS = optuna.trial.TrialState
+    assert not rows["is_baseline"].astype(bool).any()
+    assert rows["kd.temperature"].tolist() == pytest.approx([t.params["kd.temperature"]] *
+                                                            len(rows))
+    statuses = set(rows["status"])
+    if "stopped" in statuses:
+        assert t.state == TS.PRUNED, (t.number, statuses)
+        last = int(rows["epochs_trained"].min())  # the last epoch every seed reached
+        curve = epochs[epochs["trial_id"].isin(rows["trial_id"]) & (epochs["epoch"] == last)]
+        assert t.value == pytest.approx(curve["val_acc"].mean())
+        assert t.user_attrs["asha_stopped_at_epoch"] == last
+    elif statuses == {"completed"}:
+        assert t.state == TS.COMPLETE, (t.number, statuses)
+        assert t.value == pytest.approx(rows["val_acc"].mean())
+        assert sorted(t.intermediate_values) == list(range(1, EPOCHS + 1))
+    else:
+        assert t.state == TS.FAIL, (t.number, statuses)
+
+
+def test_optuna_study_has_one_trial_per_searched_config_as_trials_parquet_says(sweep_run):
+    import optuna
+
+    study, df, epochs = study_and_table(sweep_run.dir)
+    assert "optuna study 'main': sqlite:///" in sweep_run.stdout
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert study.metric_names == ["val_acc"]
+    trials = study.trials
+    assert len(trials) == MAIN_SEARCH["num_samples"]  # baselines stay out
+    seen = set()
+    for t in trials:
+        ids = t.user_attrs["ray_trial_ids"]
+        rows = df[df["trial_id"].isin(ids)]
+        assert len(rows) == len(ids) == len(MAIN_SEARCH["seeds"])
+        seen |= set(ids)
+        check_trial_against_rows(t, rows, epochs)
+    assert seen == set(df.loc[~df["is_baseline"].astype(bool), "trial_id"])
+    states = {t.state for t in trials}
+    assert optuna.trial.TrialState.PRUNED in states and optuna.trial.TrialState.COMPLETE in states
+
+
+def test_optuna_study_after_kill_and_resume_has_no_running_trial_and_no_duplicate(resumed):
+    import optuna
+
+    TS = optuna.trial.TrialState
+    study, df, epochs = study_and_table(resumed.dir)
+    trials = study.trials
+    assert TS.RUNNING not in {t.state for t in trials}
+    retries = {t.user_attrs["kdtune_retry_of"]: t for t in trials
+               if "kdtune_retry_of" in t.user_attrs}
+    failed = [t for t in trials if t.state == TS.FAIL]
+    assert failed and all(t.number in retries for t in failed)  # the injected error, rerun
+    live = [t for t in trials if t.state != TS.FAIL]
+    assert len(live) == RESUME_PLANNED  # one per config (one seed each)
+    assert len({json.dumps(t.params, sort_keys=True) for t in live}) == len(live)
+    for t in live:
+        rows = df[df["trial_id"].isin(t.user_attrs["ray_trial_ids"])]
+        check_trial_against_rows(t, rows, epochs)

@@ -41,7 +41,7 @@ from .plan import (
 )
 from .remote import measure_jobs, prepare_one, trainable
 from .resume import check_same_data, first_difference, portable, restore_tuner, with_defaults
-from .space import make_searcher, optuna_space
+from .space import OPTUNA_DB, make_searcher, optuna_space
 from .writer import SNAPSHOT, ResultsWriter, fmt_t, write_json, write_parquet
 
 
@@ -302,6 +302,16 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
         if diff:
             raise KDTuneError(f"--resume: {diff} differs from the sweep in {store} (its "
                               "sweep.yaml); resume with the same file and --set overrides")
+    # The Optuna study, opened before anything runs: a database that cannot be reached, or
+    # that holds another sweep's study of this name, is said now, not after the teachers.
+    # Default: SQLite beside the run (for a run at a URI: its working copy, uploaded after
+    # each ask and tell; --resume pulls it back, wherever the working copy now lives).
+    default_db = sw.search.optuna_storage is None
+    optuna_url = sw.search.optuna_storage or f"sqlite:///{(run_dir / OPTUNA_DB).resolve()}"
+    searcher = make_searcher(
+        sw, optuna_url, resume,
+        on_change=(lambda: store.push(OPTUNA_DB, soft=True)) if default_db and store.remote
+        else None)
     if not resume:
         (run_dir / "sweep.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         store.push("sweep.yaml")
@@ -375,6 +385,10 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
                   f" (working copy {run_dir})" if store.remote else ""), flush=True)
         if skip_note(sw):
             print(f"note: {skip_note(sw)}", flush=True)
+        if searcher.study is not None:
+            shown = redact_url(optuna_url)
+            print(f"optuna study '{sw.search.name}': {shown} (browse it: optuna-dashboard "
+                  f"{shown})", flush=True)
         split_ref = ray.put(split)
         # A CPU-only machine that is the whole cluster: teachers and the final latency
         # measurement run in this process (torch is loaded here already) rather than in
@@ -396,7 +410,6 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
                                   checkpoint_every_s=sw.search.checkpoint_every_s)
         fn = tune.with_resources(fn, {"cpu": r.cpu, "gpu": gpu_frac})
         prov = provenance()
-        searcher = make_searcher(sw)
         scheduler = make_scheduler(sw, max_t, base) if sw.search.scheduler == "asha" else None
         storage_path, storage_fs = store.ray_storage()
         restore = resume and tune.Tuner.can_restore(store.ray_path,
@@ -432,6 +445,7 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
         finally:  # Tune leaves its Ctrl+C handler installed when no Ctrl+C came
             signal.signal(signal.SIGINT, sigint)
         writer.flush()
+        searcher.settle(writer.rows.values(), writer.epochs.values())
         if writer.unfinished or not searcher.done():
             again = " with the same --set options" if overrides else ""
             print(f"sweep interrupted: {len(writer.rows)} of {planned} trials finished; state "
@@ -445,7 +459,8 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
             measure_all(run_dir, base, sw.base.measure.cpu_threads, gpus > 0, alive_nodes(),
                         expected, in_driver=in_driver,
                         split=split if in_driver else split_ref, onnx=onnx)
-        store.push("trials.parquet")  # with any upload that failed during the sweep: raises
+        # with any upload that failed during the sweep: raises
+        store.push("trials.parquet", *([OPTUNA_DB] if default_db else []))
     finally:
         ray.shutdown()
     df = pd.read_parquet(run_dir / "trials.parquet")
