@@ -157,7 +157,8 @@ def main(argv=None) -> int:
     v.add_argument("config")
     v.set_defaults(fn=cmd_validate)
 
-    d = sub.add_parser("dashboard", help="write the HTML dashboard of one or more sweeps")
+    d = sub.add_parser("dashboard", help="write the HTML dashboard of one or more sweeps, with "
+                       "report.json, results.csv and PNGs of its key charts")
     d.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="sweep run folders: local paths or URIs (s3://, gs://, file://)")
     d.add_argument("--out", default=None, help="HTML file (default RUN_DIR/dashboard.html)")

@@ -1,5 +1,5 @@
 """One self-contained HTML dashboard of one or several sweeps, plus report.json, results.csv and
-front.png next to it.
+PNGs of its key charts next to it.
 
 ``kdtune dashboard RUN_DIR... [--out FILE]`` calls :func:`write_dashboard`; a sweep calls it on
 its own run folder when it ends. The page inlines plotly.js once and fetches nothing at view time.
@@ -14,6 +14,11 @@ What the reader gets, top to bottom:
 * parallel coordinates of the searched hyperparameters, ablation panels (one knob at a time, and
   the distillation method against no KD), ASHA learning curves;
 * every trial (stopped and errored ones marked) and the provenance.
+
+Next to the page: front.png (the first accuracy/latency chart, else accuracy/size) and one PNG
+per key chart, accuracy_vs_latency[_<target>].png, accuracy_vs_size.png and kd_vs_no_kd.png,
+drawn with matplotlib from the page's own Plotly figures (:mod:`kdtune.figures`), so they need
+no browser and show what the page shows.
 
 Accuracies are test accuracies in percent, averaged over seeds: each point is one distinct config
 (:func:`kdtune.results.aggregate_seeds`), error bars are 95 % CIs. Only completed trials can be on
@@ -44,6 +49,7 @@ import datetime as _dt
 import html
 import json
 import math
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -68,6 +74,7 @@ from kdtune.results import (
     latency_device,
     latency_label,
     latency_spread_columns,
+    LATENCY_TARGETS,
     latency_targets,
     load_epochs,
     load_runs,
@@ -83,8 +90,7 @@ from kdtune.results import (
 HTML_NAME = "dashboard.html"
 REPORT_NAME = "report.json"
 CSV_NAME = "results.csv"
-PNG_NAME = "front.png"
-OUTPUT_FILES = (HTML_NAME, REPORT_NAME, CSV_NAME, PNG_NAME)  # what write_dashboard writes
+PNG_NAME = "front.png"  # the main chart; PNG_NAMES and OUTPUT_FILES are with the PNG code
 CSV_COLUMNS = ("Variant", "Accuracy", "LatencyMs", "SizeMB")
 
 ACC = "test_acc"
@@ -1576,6 +1582,10 @@ def _panel_kd(data: _Data) -> _Panel:
     fig = _pair_figure(data, pairs, [p["tick"] for p in pairs],
                        (kd_name, "no KD (α = 0)"), ("#2a9d8f", "#6c757d"))
     per = [w for w, on in (("KD method", named), ("teacher", data.multi_teacher)) if on]
+    # meta: the title and subtitle of kd_vs_no_kd.png (the page has its own heading)
+    fig.update_layout(meta={"title": "Test accuracy, KD vs no KD, like for like",
+                            "subtitle": "best configurations chosen on validation accuracy; "
+                                        "test accuracy shown, ± 95 % CI over seeds"})
     fig.update_xaxes(title_text="same student, stem, epochs and prune method"
                      + (", per " + " and ".join(per) if per else ""), tickfont=dict(size=11))
     n_twins = sum(p["kind"] == "twins" for p in pairs)
@@ -2239,35 +2249,68 @@ def report_label(data: _Data) -> str:
     return f"{'; '.join(labels) or 'unknown dataset'} · {name}"
 
 
-def _write_png(data: _Data, fig, path: Path) -> dict:
-    """Static PNG of the main chart through kaleido (which drives a local Chrome/Chromium)."""
-    if fig is None:
-        return {"written": False, "reason": "no chart to export (no completed trial)"}
-    try:
-        import kaleido  # noqa: F401
-    except ImportError:
-        return {"written": False, "reason": "kaleido is not installed"}
-    try:
-        static = type(fig)(fig)
-        meta = static.layout.meta if isinstance(static.layout.meta, dict) else {}
-        title, subtitle = meta.get("title"), meta.get("subtitle")
-        # the legend (architectures × prune method, front, teacher) can take three rows: room
-        # for them under a two-line title
-        static.update_layout(width=1200, height=720, margin=dict(t=170),
-                             legend=dict(y=1.02, yanchor="bottom"))
-        if title:
-            text = f"{_e(title)} — {_e(report_label(data))}"
-            if subtitle:
-                text += f"<br><span style='font-size:13px'>{_e(subtitle)}</span>"
-            static.update_layout(title=dict(text=text, x=0.01, y=0.96, yanchor="top",
-                                            yref="container", font=dict(size=17)))
-        static.write_image(str(path), format="png", scale=1.5)
-    except Exception as exc:  # kaleido raises its own types when no Chrome can be started
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return {"written": False,
-                "reason": f"static image export failed ({type(exc).__name__}: {msg[:200]}); "
-                          "kaleido needs a local Chrome/Chromium (e.g. apt-get install chromium)"}
-    return {"written": True, "path": path.name}
+def png_name(key: str) -> str:
+    """The PNG file of a panel: accuracy_vs_latency[_<target>].png, accuracy_vs_size.png,
+    kd_vs_no_kd.png."""
+    if key.startswith("front_latency"):
+        return f"accuracy_vs_latency{key[len('front_latency'):]}.png"
+    return {"front_size": "accuracy_vs_size.png", "kd_vs_baseline": "kd_vs_no_kd.png"}[key]
+
+
+#: Every PNG write_dashboard may write: the main chart and one per key panel.
+PNG_NAMES = (PNG_NAME, png_name("front_latency"),
+             *(png_name(f"front_latency_{t}") for t in LATENCY_TARGETS),
+             png_name("front_size"), png_name("kd_vs_baseline"))
+#: What write_dashboard may write (a PNG only where its chart could be drawn): what a sweep at a
+#: URI uploads, RunStore.push skipping the absent ones.
+OUTPUT_FILES = (HTML_NAME, REPORT_NAME, CSV_NAME, *PNG_NAMES)
+
+
+def _png_panels(panels: list[_Panel]) -> list[tuple[str, _Panel | None]]:
+    """(file name, panel) of front.png and each key panel, in the page's order; the panel is
+    None where the page has no such panel (accuracy the only objective)."""
+    by_key = {p.key: p for p in panels}
+    latency = [k for k in by_key if k.startswith("front_latency")] or ["front_latency"]
+    main = next((by_key[k] for k in (*latency, "front_size") if k in by_key
+                 and by_key[k].figure is not None),
+                by_key.get(latency[0]))
+    return [(PNG_NAME, main), *((png_name(k), by_key.get(k))
+                                for k in (*latency, "front_size", "kd_vs_baseline"))]
+
+
+def _write_pngs(data: _Data, panels: list[_Panel], folder: Path, wanted: bool) -> dict:
+    """Draw front.png and the key panels with matplotlib (:mod:`kdtune.figures`; no browser).
+    Returns report.json's ``png``: ``written`` (file names) and ``not_written`` (name -> why).
+    Unless ``wanted`` is off, a PNG of an earlier dashboard that this one does not write is
+    removed, so the folder matches the report. A chart that fails to draw is reported, not
+    raised: the page and the other files matter more."""
+    from kdtune import figures
+
+    written, not_written, drawn = [], {}, {}
+    for name, panel in _png_panels(panels):
+        if not wanted:
+            not_written[name] = "PNG export not requested"
+        elif panel is None:
+            not_written[name] = "accuracy is the only objective here (no latency or size " \
+                                "measured): no such chart"
+        elif panel.figure is None:
+            not_written[name] = panel.note
+        elif id(panel) in drawn:  # the main chart: drawn once, for front.png
+            shutil.copyfile(folder / drawn[id(panel)], folder / name)
+            written.append(name)
+        else:
+            try:
+                figures.write_png(panel.figure, folder / name, report_label(data))
+            except Exception as exc:  # matplotlib raises its own types; the page still counts
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                not_written[name] = f"drawing failed ({type(exc).__name__}: {msg[:200]})"
+                continue
+            drawn[id(panel)] = name
+            written.append(name)
+    if wanted:
+        for name in set(PNG_NAMES) - set(written):
+            (folder / name).unlink(missing_ok=True)
+    return {"written": written, "not_written": not_written}
 
 
 CSS = """
@@ -2381,8 +2424,7 @@ def render_html(data: _Data, panels: list[_Panel], report: dict) -> str:
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     jpeg = (" <b>Accuracies are on the JPEG copy of the data set, not the original "
             "images.</b>" if "jpeg" in str(label).lower() else "")
-    exports = "report.json · results.csv" + (" · front.png" if report.get("png", {}).get(
-        "written") else "")
+    exports = " · ".join([REPORT_NAME, CSV_NAME, *report.get("png", {}).get("written", [])])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -2409,12 +2451,14 @@ def write_dashboard(
     quiet: bool = False,
     sources: Sequence[str] | None = None,
 ) -> Path:
-    """Write the dashboard HTML and, next to it, report.json, results.csv and front.png.
+    """Write the dashboard HTML and, next to it, report.json, results.csv and the PNGs.
 
     ``run_dirs``: one or several sweep run folders (pooled into one dashboard). ``out``: the HTML
-    file (default ``<first run folder>/dashboard.html``). ``png``: try the static PNG of the main
-    chart (needs kaleido and a local Chrome/Chromium; when it cannot, no PNG is written, the reason
-    goes into report.json under ``png`` and one line to stderr unless ``quiet``). ``sources``: how
+    file (default ``<first run folder>/dashboard.html``). ``png``: draw front.png (the main
+    chart) and the key charts (accuracy vs each latency, vs size, KD vs no KD) as PNGs with
+    matplotlib, no browser needed; report.json's ``png`` lists the files ``written`` and why each
+    other was not (``not_written``: no such chart in this sweep; a chart that failed to draw also
+    gets one line on stderr unless ``quiet``). ``sources``: how
     the provenance names the runs (a run at a URI is read from a local copy). Returns the HTML
     path. Raises :class:`~kdtune.errors.KDTuneError` for unusable run folders.
     """
@@ -2433,13 +2477,10 @@ def write_dashboard(
     except OSError as exc:
         raise KDTuneError(f"cannot create {out_path.parent}: {exc.strerror}") from None
     panels = build_panels(data)
-    # the first latency chart, else the size chart (nothing when neither could be drawn)
-    main_fig = next((p.figure for p in panels if p.figure is not None
-                     and (p.key.startswith("front_latency") or p.key == "front_size")), None)
-    png_info = (_write_png(data, main_fig, out_path.parent / PNG_NAME) if png
-                else {"written": False, "reason": "PNG export not requested"})
-    if png and not png_info["written"] and not quiet:
-        print(f"kdtune dashboard: no {PNG_NAME}: {png_info['reason']}", file=sys.stderr)
+    png_info = _write_pngs(data, panels, out_path.parent, png)
+    for name, reason in png_info["not_written"].items():
+        if reason.startswith("drawing failed") and not quiet:
+            print(f"kdtune dashboard: no {name}: {reason}", file=sys.stderr)
     report = build_report(data, png_info)
     html_text = render_html(data, panels, report)
     try:

@@ -15,10 +15,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers next to this file
 
-from browser_helper import chromium_path, open_dashboards  # noqa: E402
+from browser_helper import open_dashboards  # noqa: E402
 from test_results import CONFIGS, _trial_row, make_fake_run, write_trials  # noqa: E402
 
-from kdtune.dashboard import CSV_COLUMNS, write_dashboard  # noqa: E402
+from kdtune.dashboard import CSV_COLUMNS, OUTPUT_FILES, write_dashboard  # noqa: E402
 from kdtune.errors import KDTuneError  # noqa: E402
 from kdtune.results import t_quantile  # noqa: E402
 
@@ -44,16 +44,11 @@ def section(html_text: str, key: str) -> str:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """A realistic sweep and its dashboard (with the PNG), shared by the tests below."""
-    try:
-        chromium_path()  # kaleido's PNG export drives the same Debian chromium
-        have_browser = True
-    except pytest.skip.Exception:  # not root and no chromium: only the PNG/browser tests skip
-        have_browser = False
+    """A realistic sweep and its dashboard (with the PNGs), shared by the tests below."""
     root = tmp_path_factory.mktemp("runs")
     run = make_fake_run(root, "sweep-a", sweep_name="kd_prune_study")
     html_path = write_dashboard([run], quiet=True)
-    return run, html_path, have_browser
+    return run, html_path, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,31 +75,158 @@ def test_writes_every_file(sweep):
         assert path in text  # checkpoint paths and provenance
 
 
+MAIN_PNGS = ["front.png", "accuracy_vs_latency.png", "accuracy_vs_size.png", "kd_vs_no_kd.png"]
+
+
+def _png_size(path: Path) -> tuple[str, tuple[int, int]]:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.verify()  # a complete, uncorrupted PNG
+    with Image.open(path) as img:
+        return img.format, img.size
+
+
 def test_png_export(sweep):
-    run, _, have_browser = sweep
-    if not have_browser:
-        pytest.skip("no chromium for kaleido (not root, cannot install it)")
+    run, html_path, _ = sweep
     report = json.loads((run / "report.json").read_text())
-    assert report["png"] == {"written": True, "path": "front.png"}, report["png"]
-    head = (run / "front.png").read_bytes()[:8]
-    assert head == b"\x89PNG\r\n\x1a\n"
-    assert (run / "front.png").stat().st_size > 20_000
+    assert report["png"] == {"written": MAIN_PNGS, "not_written": {}}, report["png"]
+    for name in MAIN_PNGS:
+        fmt, (width, height) = _png_size(run / name)
+        assert fmt == "PNG" and width == 1800 and 1000 < height < 2500, (name, width, height)
+        assert name in OUTPUT_FILES  # what a sweep at a URI uploads
+    # front.png is the (only) latency chart
+    assert (run / "front.png").read_bytes() == (run / "accuracy_vs_latency.png").read_bytes()
+    assert ("exports next to this file: report.json · results.csv · " + " · ".join(MAIN_PNGS)
+            in html_path.read_text())
+
+
+def _rendered(run: Path, key: str):
+    """(dashboard data, the panel's Plotly figure, its matplotlib rendering's axes)."""
+    from kdtune import figures
+    from kdtune.dashboard import _prepare, build_panels, report_label
+
+    data = _prepare([run])
+    panel = next(p for p in build_panels(data) if p.key == key)
+    fig = figures.render(panel.figure, report_label(data))
+    return data, panel.figure, fig
+
+
+def _collections(ax, prefix: str = ""):
+    from matplotlib.collections import PathCollection
+
+    return [c for c in ax.collections if isinstance(c, PathCollection)
+            and c.get_label().startswith(prefix)]
+
+
+def test_png_front_is_the_dashboards_front(sweep):
+    from matplotlib.lines import Line2D
+
+    from kdtune.figures import text
+
+    run, _, _ = sweep
+    report = json.loads((run / "report.json").read_text())
+    data, plotly_fig, fig = _rendered(run, "front_latency")
+    ax = fig.axes[0]
+    # labels: the Plotly axis titles, units included; title with dataset and sweep name
+    assert ax.get_xlabel() == "batch-1 latency (ms, cpu Intel Xeon Platinum 8480, 1 thread)"
+    assert ax.get_xlabel() == text(plotly_fig.layout.xaxis.title.text)
+    assert ax.get_ylabel() == "test accuracy (%), mean over seeds ± 95 % CI"
+    assert fig.get_suptitle() == ("Test accuracy vs batch-1 CPU latency — "
+                                  "CIFAR-10 (JPEG copy) · kd_prune_study")
+    assert ax.get_title(loc="left") == "front chosen on validation accuracy; test accuracy shown"
+    # the staircase: report.json's front, cheapest first, at its test accuracy
+    stair = [ln for ln in ax.lines if ln.get_label().startswith("Pareto front")]
+    assert len(stair) == 1 and stair[0].get_drawstyle() == "steps-post"
+    assert stair[0].get_xdata().tolist() == pytest.approx([e["latency_ms"] for e in
+                                                           report["front"]])
+    assert stair[0].get_ydata().tolist() == pytest.approx([e["test_accuracy"] for e in
+                                                           report["front"]])
+    # one point per config shown (40 seed-averaged configs), at its test accuracy
+    points = np.concatenate([c.get_offsets() for c in _collections(ax)
+                             if not c.get_label().startswith("stopped")])
+    shown = data.agg[data.agg["latency_ms_b1_cpu_mean"].notna()]
+    assert len(points) == len(shown) == 40
+    assert sorted(points[:, 1]) == pytest.approx(sorted(100 * shown["test_acc_mean"]))
+    # channel-pruned configs hollow, coloured by prune ratio like the page's colour axis
+    hollow = _collections(ax, "resnet18 · channel-pruned")
+    assert hollow and (hollow[0].get_facecolors().size == 0
+                       or (hollow[0].get_facecolors()[:, 3] == 0).all())
+    filled = _collections(ax, "resnet18")[0]
+    assert len({tuple(c) for c in filled.get_facecolors()}) > 1  # several prune ratios
+    assert fig.axes[1].get_title(loc="left") == "prune\nratio"  # the colour bar
+    # the teacher's accuracy as a horizontal line
+    teacher = 100 * pd.read_parquet(run / "trials.parquet").teacher_test_acc.mean()
+    flat = [ln for ln in ax.lines if isinstance(ln, Line2D) and len(set(ln.get_ydata())) == 1]
+    assert [ln.get_ydata()[0] for ln in flat] == pytest.approx([teacher])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert f"teacher resnet50/cifar: {teacher:.1f} %" in legend
+    # the legend sits below the chart: it covers no point
+    renderer = fig.canvas.get_renderer()
+    assert fig.legends[0].get_window_extent(renderer).y1 < ax.get_window_extent(renderer).y0
+
+
+def test_png_kd_vs_no_kd_is_the_dashboards_comparison(sweep):
+    from kdtune.dashboard import kd_comparisons
+    from kdtune.figures import text
+
+    run, _, _ = sweep
+    data, plotly_fig, fig = _rendered(run, "kd_vs_baseline")
+    ax = fig.axes[0]
+    pairs = kd_comparisons(data)
+    assert len(pairs) == 12  # > 8: one line per label, upright, as on the page
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == [text(p["tick"].replace("<br>", " · ")) for p in pairs]
+    assert all(t.get_rotation() == 90 for t in ax.get_xticklabels())
+    assert ax.get_ylabel() == text(plotly_fig.layout.yaxis.title.text)
+    assert ax.get_xlabel() == "same student, stem, epochs and prune method"
+    assert ax.get_ylim() == pytest.approx(tuple(plotly_fig.layout.yaxis.range))
+    # side by side in each category: no KD left, KD right, at the compared configs' accuracy
+    (kd,), (no_kd,) = _collections(ax, "KD (α > 0)"), _collections(ax, "no KD")
+    for side, points, shift in (("a", kd, 0.1), ("b", no_kd, -0.1)):
+        xy = points.get_offsets()
+        assert xy[:, 0].tolist() == pytest.approx([i + shift for i in range(len(pairs))])
+        assert xy[:, 1].tolist() == pytest.approx([100 * p[side]["test_acc_mean"]
+                                                   for p in pairs])
+    assert "KD vs no KD" in fig.get_suptitle() and "kd_prune_study" in fig.get_suptitle()
+
+
+def test_pngs_need_no_browser_and_match_the_report(tmp_path, monkeypatch):
+    # no kaleido importable, no chromium on PATH
+    monkeypatch.setitem(sys.modules, "kaleido", None)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.delenv("KDTUNE_CHROMIUM", raising=False)
+    run = _one_trial(tmp_path)
+    (run / "kd_vs_no_kd.png").write_bytes(b"stale")  # from an earlier dashboard
+    write_dashboard([run], quiet=True)
+    png = json.loads((run / "report.json").read_text())["png"]
+    assert png["written"] == MAIN_PNGS[:3]
+    assert list(png["not_written"]) == ["kd_vs_no_kd.png"]
+    assert "no no-KD trial" in png["not_written"]["kd_vs_no_kd.png"]
+    assert not (run / "kd_vs_no_kd.png").exists()  # the folder matches the report
+    for name in png["written"]:
+        assert _png_size(run / name)[0] == "PNG"
 
 
 def test_png_failure_is_reported_not_raised(tmp_path, monkeypatch, capsys):
-    import plotly.graph_objects as go
+    from kdtune import figures
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("Could not find a Chrome executable\nsecond line")
+    def broken(fig, path, label=""):
+        if "size" in str(fig.layout.meta):
+            raise RuntimeError("no room for the legend\nsecond line")
+        return real(fig, path, label)
 
-    monkeypatch.setattr(go.Figure, "write_image", broken)
+    real = figures.write_png
+    monkeypatch.setattr(figures, "write_png", broken)
     run = _one_trial(tmp_path)
     write_dashboard([run])
     png = json.loads((run / "report.json").read_text())["png"]
-    assert png["written"] is False and "Could not find a Chrome" in png["reason"]
-    assert not (run / "front.png").exists()
+    assert png["written"] == MAIN_PNGS[:2]
+    assert png["not_written"]["accuracy_vs_size.png"] == (
+        "drawing failed (RuntimeError: no room for the legend)")
+    assert not (run / "accuracy_vs_size.png").exists()
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no front.png" in err
+    assert err.count("\n") == 1 and "no accuracy_vs_size.png" in err
 
 
 def test_report_json_equals_parquet(sweep):
@@ -238,19 +360,39 @@ EDGE_CASES = {
 }
 
 
+#: The edge cases that draw their PNGs, and the files they get.
+PNG_CASES = {"no_completed": [], "one_objective": ["kd_vs_no_kd.png"],
+             "size_only_no_epochs": ["accuracy_vs_size.png", "front.png", "kd_vs_no_kd.png"]}
+
+
 @pytest.mark.parametrize("case", list(EDGE_CASES))
 def test_edge_cases_render(tmp_path, case):
     build, figures, texts = EDGE_CASES[case]
     run = build(tmp_path)
     out = tmp_path / "out" / "dash.html"
-    assert write_dashboard(run, out, png=False) == out
+    png = case in PNG_CASES  # the others: drawing them is what the sweep fixture tests
+    assert write_dashboard(run, out, png=png, quiet=True) == out
     text = out.read_text()
     assert figure_keys(text) == figures
     assert meta_count(text) == len(figures)
     for snippet in texts:
         assert snippet in text, snippet
     report = json.loads((out.parent / "report.json").read_text())  # strict JSON, no NaN
-    assert report["png"]["written"] is False
+    written = sorted(p.name for p in out.parent.glob("*.png"))
+    assert sorted(report["png"]["written"]) == written
+    assert written == PNG_CASES.get(case, [])
+    if case not in PNG_CASES:
+        assert set(report["png"]["not_written"].values()) == {"PNG export not requested"}
+    for name, why in report["png"]["not_written"].items():
+        assert why and name not in written
+    if case == "size_only_no_epochs":
+        assert report["png"]["not_written"] == {
+            "accuracy_vs_latency.png": "No latency was measured in this sweep, so there is no "
+                                       "accuracy/latency trade-off to show."}
+    if case == "no_completed":
+        assert report["png"]["not_written"]["front.png"].startswith("No trial completed")
+    if case == "one_objective":
+        assert "only objective" in report["png"]["not_written"]["front.png"]
     csv = pd.read_csv(out.parent / "results.csv")
     assert tuple(csv.columns) == CSV_COLUMNS
     if case == "no_completed":
@@ -276,8 +418,21 @@ def test_edge_cases_render(tmp_path, case):
 def test_several_runs_and_gpu(tmp_path):
     a = make_fake_run(tmp_path, "a", students=("resnet18",), seeds=(0,), n_errored=0)
     b = make_fake_run(tmp_path, "b", students=("resnet18",), seeds=(1,), gpu=True, rng_seed=2)
-    out = write_dashboard([a, b], tmp_path / "both.html", png=False)
+    out = write_dashboard([a, b], tmp_path / "both.html")
     report = json.loads((tmp_path / "report.json").read_text())
+    # one PNG per latency chart, named after its target; front.png is the first (GPU) one
+    assert report["png"]["written"] == ["front.png", "accuracy_vs_latency_gpu.png",
+                                        "accuracy_vs_latency_cpu.png", "accuracy_vs_size.png",
+                                        "kd_vs_no_kd.png"]
+    assert (tmp_path / "front.png").read_bytes() == \
+        (tmp_path / "accuracy_vs_latency_gpu.png").read_bytes()
+    from kdtune.dashboard import _prepare, build_panels, report_label
+    from kdtune.figures import render
+
+    data = _prepare([a, b])
+    cpu = next(p for p in build_panels(data) if p.key == "front_latency_cpu")
+    assert render(cpu.figure, report_label(data)).axes[0].get_xlabel() == \
+        "batch-1 latency (ms, cpu Intel Xeon Platinum 8480, 1 thread)"
     assert report["front_objectives"] == ["max val_acc", "min latency_ms_b1_gpu"]
     assert report["device"] == "cuda NVIDIA H100 80GB HBM3"
     text = out.read_text()
