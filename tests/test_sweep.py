@@ -492,11 +492,15 @@ def resumed(tmp_path_factory):
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
     marker = tmp / "failed-once"
-    space = write_sweep(tmp, RESUME_SEARCH, tmp / "cache")
+    # every process also logs to MLflow (test_resumed_sweep_mlflow_runs): only this sweep does,
+    # RESUME_SEARCH's other users (bad spaces) stop before any tracker
+    space = write_sweep(tmp, {**RESUME_SEARCH, "log_to": ["mlflow"]}, tmp / "cache")
     out = tmp / "run"
+    mlflow_uri = f"sqlite:///{tmp}/mlflow.db"
 
     env_a = cli_env(KDTUNE_TEST_FAIL_ONCE=str(marker), PYTHONPATH=os.pathsep.join(
-        p for p in (str(inject), os.environ.get("PYTHONPATH")) if p))
+        p for p in (str(inject), os.environ.get("PYTHONPATH")) if p),
+        MLFLOW_TRACKING_URI=mlflow_uri)
     a = run_until(space, out, (), lambda df: (df["status"] == "errored").any() and len(df) >= 3,
                   env_a, signal.SIGKILL, "a")
     a.marker = marker
@@ -504,13 +508,15 @@ def resumed(tmp_path_factory):
     def progressed(df):
         return bool(set(df["trial_id"]) - set(a.after["trial_id"]))
 
-    b = run_until(space, out, ("--resume",), progressed, cli_env(), signal.SIGINT, "b")
+    b = run_until(space, out, ("--resume",), progressed,
+                  cli_env(MLFLOW_TRACKING_URI=mlflow_uri), signal.SIGINT, "b")
     b.stamps = {p: p.stat().st_mtime_ns for p in (out / "checkpoints").glob("*.pt")}
 
     c = subprocess.run(kdtune_cmd("sweep", space, "--out", out, "--resume"),
-                       capture_output=True, text=True, env=cli_env(), timeout=SWEEP_TIMEOUT)
+                       capture_output=True, text=True,
+                       env=cli_env(MLFLOW_TRACKING_URI=mlflow_uri), timeout=SWEEP_TIMEOUT)
     assert c.returncode == 0, c.stdout[-3000:] + c.stderr[-3000:]
-    return SimpleNamespace(a=a, b=b, c=c, dir=out)
+    return SimpleNamespace(a=a, b=b, c=c, dir=out, mlflow_uri=mlflow_uri)
 
 
 def test_killed_sweep_recorded_the_errored_trial_in_one_line(resumed):
@@ -594,6 +600,59 @@ def test_resumed_sweep_epochs_and_rungs_are_consistent(resumed):
     assert {s["trial_id"] for s in asha["stops"]} == stopped
     assert all(s["group"] == group[s["trial_id"]] for s in asha["stops"])
     assert "Traceback" not in resumed.c.stdout + resumed.c.stderr
+
+
+def test_resumed_sweep_mlflow_runs(resumed):
+    """search.log_to: [mlflow] across the kill -9, the Ctrl+C and two resumes: one run per
+    trial, continued rather than duplicated, every epoch once, the final and measured metrics,
+    the checkpoint as the only artifact."""
+    from mlflow.tracking import MlflowClient
+
+    df = pd.read_parquet(resumed.dir / "trials.parquet").set_index("trial_id")
+    client = MlflowClient(resumed.mlflow_uri)
+    assert f"MLflow: a run per trial in experiment 'resume' at {resumed.mlflow_uri}" in \
+        resumed.c.stdout
+    assert "warning: MLflow" not in resumed.a.stderr + resumed.b.stderr + resumed.c.stderr
+    exp = client.get_experiment_by_name("resume")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_trial: dict[str, list] = {}
+    for r in runs:
+        by_trial.setdefault(r.data.tags["trial_id"], []).append(r)
+    assert all(len(v) == 1 for v in by_trial.values()), \
+        {k: len(v) for k, v in by_trial.items()}
+    assert set(df.index) <= set(by_trial), set(df.index) - set(by_trial)
+    # the trial that errored (killed sweep) has its FAILED run; --resume reran it as a new
+    # trial, with a run of its own (or, had Tune's snapshot missed the error, under its id)
+    a = resumed.a.after
+    failed = a.loc[a["status"] == "errored", "trial_id"].iloc[0]
+    if failed not in df.index:
+        assert by_trial[failed][0].info.status == "FAILED"
+    # runs of trials the table does not have: errored, or lost with Tune's last snapshot
+    assert {by_trial[t][0].info.status for t in set(by_trial) - set(df.index)} <= \
+        {"FAILED", "KILLED"}
+    for tid, row in df.iterrows():
+        run = by_trial[tid][0]
+        tags = run.data.tags
+        assert (tags["sweep"], tags["trial_id"], tags["git_sha"]) == ("resume", tid,
+                                                                      row["git_sha"] or
+                                                                      "unknown")
+        assert run.info.run_name == tid and run.info.status == "FINISHED", \
+            (tid, run.info.status)
+        assert run.data.params["kd.alpha"] == str(row["kd.alpha"])
+        assert run.data.params["student.arch"] == row["student.arch"]
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        steps = sorted(m.step for m in history)
+        assert steps == list(range(1, int(row["epochs_trained"]) + 1)), (tid, steps)
+        arts = [a.path for a in client.list_artifacts(run.info.run_id)]
+        if row["status"] == "completed":
+            assert run.data.metrics["test_acc"] == pytest.approx(row["test_acc"])
+            assert run.data.metrics["latency_ms_b1_cpu"] == \
+                pytest.approx(row["latency_ms_b1_cpu"])
+            assert arts == ["checkpoint"]
+            assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == \
+                [f"checkpoint/{tid}.pt"]
+        else:
+            assert "test_acc" not in run.data.metrics and arts == []
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from .plan import (
 from .remote import measure_jobs, prepare_one, trainable
 from .resume import check_same_data, first_difference, portable, restore_tuner, with_defaults
 from .space import OPTUNA_DB, make_searcher, optuna_space
+from .trackers import check_trackers, log_measured, make_trackers
 from .writer import SNAPSHOT, ResultsWriter, fmt_t, write_json, write_parquet
 
 
@@ -269,6 +270,7 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
     sw = load_sweep_config(space_path, overrides)
     optuna_space(sw, notes=True)  # what config checks let through but Optuna refuses
     check_methods(sw)  # a kd.method x architecture pair that cannot work: now, not mid-sweep
+    check_trackers(sw)  # search.log_to: [mlflow] without mlflow is said now
     # measure.onnx: true without onnxruntime is said now, not after the trials
     onnx = sw.search.measure_after and resolve_onnx(sw.base.measure.onnx)
     base = resolve_paths(sw.base.to_dict())
@@ -416,10 +418,12 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
                                                     storage_filesystem=storage_fs)
         writer = ResultsWriter(store, base, sw, prov, split.label, planned, max_t,
                                scheduler=scheduler, resume=resume)
+        # search.log_to: after the writer, which copies a completed trial's checkpoint first
+        trackers = make_trackers(sw, store, base, prov)
         run_config = tune.RunConfig(
             name=RAY_DIR, storage_path=storage_path, storage_filesystem=storage_fs,
             verbose=2 if verbose else 0,
-            callbacks=[writer],
+            callbacks=[writer, *trackers],
             checkpoint_config=tune.CheckpointConfig(**CHECKPOINT_CONFIG),
             # a trial whose node is lost (or that raises) restarts from its last epoch
             # checkpoint, on any node, up to max_failures times (ResultsWriter.on_trial_recover)
@@ -459,6 +463,7 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
             measure_all(run_dir, base, sw.base.measure.cpu_threads, gpus > 0, alive_nodes(),
                         expected, in_driver=in_driver,
                         split=split if in_driver else split_ref, onnx=onnx)
+        log_measured(trackers, run_dir)  # the measured latency and sizes into the trackers too
         # with any upload that failed during the sweep: raises
         store.push("trials.parquet", *([OPTUNA_DB] if default_db else []))
     finally:

@@ -1,0 +1,318 @@
+"""search.log_to: [mlflow] (kdtune.sweep.trackers), driven through the Tune callback methods with
+stand-in trials against a SQLite tracking store in a tmp folder: params, per-epoch steps, the one
+artifact, resume without duplicates, measured metrics, and an unreachable server. The real
+sweep (kill, Ctrl+C, resumes) is tests/test_sweep.py::test_resumed_sweep_mlflow_runs. A few
+seconds."""
+
+from __future__ import annotations
+
+import math
+import socket
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import yaml
+
+from kdtune.cli import main
+from kdtune.config import load_sweep_config
+from kdtune.errors import KDTuneError
+from kdtune.storage import RunStore
+from kdtune.sweep.plan import resolve_paths, trial_cfg
+from kdtune.sweep.trackers import (MLFLOW_MISSING, MLflowTracker, check_trackers, log_measured,
+                                   make_trackers)
+
+mlflow = pytest.importorskip("mlflow")  # a dev install has it (pyproject's dev extra)
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+PROV = {"git_sha": "0123abcd", "kdtune_version": "0.test"}
+
+
+def write_space(folder, log_to=("mlflow",)):
+    raw = {"data": {"dataset": "synthetic"}, "cache_dir": str(folder / "cache"),
+           "search": {"name": "unit", "log_to": list(log_to),
+                      "space": {"kd.alpha": {"type": "uniform", "low": 0.1, "high": 0.9}}}}
+    path = folder / "unit.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def sweep(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    sw = load_sweep_config(write_space(tmp_path))
+    base = resolve_paths(sw.base.to_dict())
+    store = RunStore(tmp_path / "run", base["cache_dir"])
+    store.prepare_local()
+    (store.local / "checkpoints").mkdir()
+    return SimpleNamespace(sw=sw, base=base, store=store, uri=uri, dir=store.local)
+
+
+def trial(tid, alpha=0.3, status="RUNNING"):
+    """What the tracker reads of a ray.tune.experiment.Trial."""
+    return SimpleNamespace(trial_id=tid, config={"kd.alpha": alpha}, last_result=None,
+                           status=status)
+
+
+def report(tracker, t, epoch, final=False, **extra):
+    result = {"epoch": epoch, "phase": "train", "val_acc": 0.1 * epoch, "train_loss": 2.0 / epoch,
+              "lr": 0.05, "size_mb_dense": 1.25, "checkpoint_saved": True, "final": final,
+              "time_total_s": 3.0 * epoch, "training_iteration": epoch, "node": "host",
+              "bad": float("nan"), **extra}
+    t.last_result = result
+    tracker.on_trial_result(iteration=epoch, trials=[t], trial=t, result=result)
+
+
+def complete(sweep, tracker, t, epochs=3):
+    (sweep.dir / "checkpoints" / f"{t.trial_id}.pt").write_bytes(b"student")  # ResultsWriter's
+    report(tracker, t, epochs, final=True, test_acc=0.42)
+    t.status = "TERMINATED"
+    tracker.on_trial_complete(iteration=epochs, trials=[t], trial=t)
+
+
+def runs_of(sweep, tid=None):
+    client = MlflowClient(sweep.uri)
+    exp = client.get_experiment_by_name("unit")
+    runs = client.search_runs([exp.experiment_id])
+    return [r for r in runs if tid is None or r.data.tags.get("trial_id") == tid]
+
+
+def steps(sweep, run, key="val_acc"):
+    return [m.step for m in sorted(MlflowClient(sweep.uri).get_metric_history(run.info.run_id,
+                                                                              key),
+                                   key=lambda m: (m.step, m.timestamp))]
+
+
+def new_tracker(sweep, quiet=True):
+    (tracker,) = make_trackers(sweep.sw, sweep.store, sweep.base, PROV, quiet=quiet)
+    tracker.setup()
+    return tracker
+
+
+def test_a_trial_is_one_run_with_its_config_epochs_final_metrics_and_checkpoint(sweep, capsys):
+    tracker = new_tracker(sweep, quiet=False)
+    assert f"MLflow: a run per trial in experiment 'unit' at {sweep.uri}" in \
+        capsys.readouterr().out
+    t = trial("aaaa1_00000")
+    tracker.on_trial_start(iteration=0, trials=[t], trial=t)
+    for epoch in (1, 2):
+        report(tracker, t, epoch)
+    complete(sweep, tracker, t)
+
+    (run,) = runs_of(sweep)
+    assert run.info.run_name == "aaaa1_00000" and run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert (tags["trial_id"], tags["sweep"], tags["git_sha"]) == ("aaaa1_00000", "unit",
+                                                                  "0123abcd")
+    assert tags["is_baseline"] == "false" and tags["seed"] == "0"
+    assert tags["mlflow.source.git.commit"] == "0123abcd"
+    # the resolved config, not Ray's trial.config
+    flat = trial_cfg(sweep.base, t.config).flat()
+    assert run.data.params == {k: "null" if v is None else str(v) for k, v in flat.items()}
+    assert run.data.params["kd.alpha"] == "0.3" and "train.epochs" in run.data.params
+    assert steps(sweep, run) == [1, 2, 3]
+    assert steps(sweep, run, "test_acc") == [3] and run.data.metrics["test_acc"] == 0.42
+    # Ray's keys, flags, text and NaN are not metrics
+    assert not {"time_total_s", "training_iteration", "checkpoint_saved", "final", "phase",
+                "node", "bad"} & set(run.data.metrics)
+    arts = MlflowClient(sweep.uri).list_artifacts(run.info.run_id)
+    assert [a.path for a in arts] == ["checkpoint"]
+    inner = MlflowClient(sweep.uri).list_artifacts(run.info.run_id, "checkpoint")
+    assert [a.path for a in inner] == ["checkpoint/aaaa1_00000.pt"]
+
+
+def test_resumed_process_continues_the_same_runs_without_repeated_steps(sweep):
+    a = new_tracker(sweep)
+    running, interrupted, lost, errored = (trial(f"bbbb{i}_0000{i}", 0.2 + i / 10)
+                                           for i in range(4))
+    for t in (running, interrupted, lost, errored):
+        a.on_trial_start(iteration=0, trials=[t], trial=t)
+        for epoch in (1, 2, 3):
+            report(a, t, epoch)
+    errored.status = "ERROR"
+    a.on_trial_error(iteration=3, trials=[errored], trial=errored)
+    # Ctrl+C: Tune ends the experiment with `interrupted` and `lost` still running
+    a.on_experiment_end(trials=[interrupted, lost])
+    assert {r.data.tags["trial_id"]: r.info.status for r in runs_of(sweep)} == {
+        running.trial_id: "RUNNING", interrupted.trial_id: "KILLED", lost.trial_id: "KILLED",
+        errored.trial_id: "FAILED"}
+    # (`running` as after a kill -9: nothing ended its run)
+
+    b = new_tracker(sweep)  # the resumed process: a new callback, state only in MLflow
+    fresh = [trial(running.trial_id, 0.2), trial(interrupted.trial_id, 0.3)]
+    b.on_step_begin(iteration=0, trials=fresh)  # `lost` is no longer Tune's: stays KILLED
+    for t in fresh:
+        b.on_trial_start(iteration=0, trials=fresh, trial=t)
+        assert runs_of(sweep, t.trial_id)[0].info.status == "RUNNING"
+        for epoch in (2, 3, 4):  # its last checkpoint was epoch 1: redoes 2 and 3
+            report(b, t, epoch)
+        complete(sweep, b, t, epochs=5)
+
+    assert len(runs_of(sweep)) == 4  # one run per trial id, none created on resuming
+    for t in fresh:
+        (run,) = runs_of(sweep, t.trial_id)
+        assert steps(sweep, run) == [1, 2, 3, 4, 5] and run.info.status == "FINISHED"
+        assert steps(sweep, run, "epoch") == [1, 2, 3, 4, 5]
+    assert runs_of(sweep, lost.trial_id)[0].info.status == "KILLED"
+    (run,) = runs_of(sweep, errored.trial_id)
+    assert run.info.status == "FAILED"
+    assert MlflowClient(sweep.uri).list_artifacts(run.info.run_id) == []
+
+
+def test_measured_latency_is_logged_after_the_sweep_at_the_last_step(sweep):
+    tracker = new_tracker(sweep)
+    done, stopped = trial("cccc1_00000"), trial("cccc2_00001")
+    for t in (done, stopped):
+        tracker.on_trial_start(iteration=0, trials=[t], trial=t)
+        report(tracker, t, 1)
+    report(tracker, stopped, 2)
+    stopped.status = "TERMINATED"
+    tracker.on_trial_complete(iteration=2, trials=[stopped], trial=stopped)  # ASHA's stop
+    complete(sweep, tracker, done)
+    df = pd.DataFrame([
+        {"trial_id": done.trial_id, "status": "completed", "latency_ms_b1_cpu": 1.5,
+         "latency_ms_b1_gpu": float("nan"), "throughput_ips_cpu": 900.0, "size_mb_dense": 1.25,
+         "flops": 1e6, "val_acc": 0.9},
+        {"trial_id": stopped.trial_id, "status": "stopped", "latency_ms_b1_cpu": float("nan"),
+         "latency_ms_b1_gpu": float("nan"), "throughput_ips_cpu": float("nan"),
+         "size_mb_dense": 1.25, "flops": 1e6, "val_acc": 0.2}])
+    df.to_parquet(sweep.dir / "trials.parquet")
+    log_measured([tracker], sweep.dir)
+
+    (run,) = runs_of(sweep, done.trial_id)
+    m = run.data.metrics
+    assert m["latency_ms_b1_cpu"] == 1.5 and m["throughput_ips_cpu"] == 900.0
+    assert m["flops"] == 1e6 and "latency_ms_b1_gpu" not in m
+    assert steps(sweep, run, "latency_ms_b1_cpu") == [3]
+    assert steps(sweep, run, "size_mb_dense") == [1, 3]  # already there: not logged again
+    assert steps(sweep, run) == [1, 3]  # val_acc is the trial's, not re-logged
+    (run,) = runs_of(sweep, stopped.trial_id)
+    assert run.info.status == "FINISHED" and "latency_ms_b1_cpu" not in run.data.metrics
+    assert MlflowClient(sweep.uri).list_artifacts(run.info.run_id) == []
+
+
+def drive(tracker, sweep):
+    t = trial("dddd1_00000")
+    tracker.on_step_begin(iteration=0, trials=[t])
+    tracker.on_trial_start(iteration=0, trials=[t], trial=t)
+    for epoch in (1, 2):
+        report(tracker, t, epoch)
+    complete(sweep, tracker, t)
+    tracker.on_experiment_end(trials=[t])
+    log_measured([tracker], sweep.dir)
+
+
+def test_closed_port_is_one_warning_and_the_sweep_goes_on(sweep, monkeypatch, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    pd.DataFrame([{"trial_id": "dddd1_00000", "status": "completed",
+                   "latency_ms_b1_cpu": 1.0}]).to_parquet(sweep.dir / "trials.parquet")
+    t0 = time.time()
+    tracker = new_tracker(sweep, quiet=False)
+    drive(tracker, sweep)
+    assert time.time() - t0 < 30  # MLflow's own retries would take minutes
+    out, err = capsys.readouterr()
+    warnings = [ln for ln in err.splitlines() if "MLflow" in ln]
+    assert len(warnings) == 1 and f"127.0.0.1:{port}" in warnings[0], err
+    assert "unreachable" in warnings[0] and "goes on" in warnings[0]
+    assert "MLflow: a run per trial" not in out and tracker.disabled
+
+
+def test_server_that_fails_mid_sweep_is_one_warning_then_off(sweep, monkeypatch, capsys):
+    """A port that accepts (the probe passes) and then drops every request: the first MLflow
+    call fails after one short retry, the rest are not tried."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    stop = threading.Event()
+
+    def drop():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+                conn.close()
+            except OSError:
+                pass
+    threading.Thread(target=drop, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{srv.getsockname()[1]}")
+    for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(k, raising=False)  # the tracker's short defaults, and undone after
+    try:
+        t0 = time.time()
+        tracker = new_tracker(sweep)
+        drive(tracker, sweep)
+        took = time.time() - t0
+    finally:
+        stop.set()
+        srv.close()
+    assert took < 30, took
+    err = capsys.readouterr().err
+    warnings = [ln for ln in err.splitlines() if "MLflow" in ln]
+    assert len(warnings) == 1 and "setup failed" in warnings[0], err
+    assert tracker.disabled
+
+
+def test_tracker_survives_tunes_pickle_of_the_run_config(sweep):
+    import ray.cloudpickle as pickle
+
+    tracker = new_tracker(sweep)
+    copy = pickle.loads(pickle.dumps(tracker))  # tuner.pkl: no client, no SQLAlchemy engine
+    assert copy._client is None and not copy.connected and copy.runs == {}
+    copy.setup()
+    t = trial("eeee1_00000")
+    copy.on_trial_start(iteration=0, trials=[t], trial=t)
+    report(copy, t, 1)
+    assert steps(sweep, runs_of(sweep, t.trial_id)[0]) == [1]
+
+
+def test_mlflow_missing_is_one_line_at_sweep_start(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
+    sw = load_sweep_config(write_space(tmp_path))
+    with pytest.raises(KDTuneError) as e:
+        check_trackers(sw)
+    assert str(e.value) == MLFLOW_MISSING
+    assert "pip install 'kdtune[mlflow]'" in MLFLOW_MISSING
+    out = tmp_path / "run"
+    assert main(["sweep", str(write_space(tmp_path)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"kdtune: error: {MLFLOW_MISSING}"]
+    assert not out.exists()  # refused before anything was written or Ray started
+    check_trackers(load_sweep_config(write_space(tmp_path, log_to=())))  # not asked: fine
+
+
+@pytest.mark.parametrize("log_to, needle", [(["wandb"], "unknown target 'wandb'; allowed: "
+                                             "mlflow"),
+                                            ("mlflow", "expected a list"),
+                                            (["mlflow", "mlflow"], "duplicates")])
+def test_bad_log_to_is_a_one_line_error(tmp_path, log_to, needle):
+    path = write_space(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["search"]["log_to"] = log_to
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(KDTuneError) as e:
+        load_sweep_config(path)
+    msg = str(e.value)
+    assert msg.startswith("search.log_to: ") and needle in msg and "\n" not in msg
+
+
+def test_number_filter():
+    from kdtune.sweep.trackers import _number
+    import numpy as np
+
+    assert _number(np.float32(0.5)) == 0.5 and _number(3) == 3.0
+    assert _number(True) is None and _number("x") is None and _number(None) is None
+    assert _number(math.inf) is None and _number(float("nan")) is None
+
+
+def test_tracker_class_is_rays_mlflow_callback():
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    assert issubclass(MLflowTracker, MLflowLoggerCallback)
