@@ -291,3 +291,81 @@ def test_settle_tells_what_trials_parquet_says_of_groups_the_searcher_never_saw_
     assert t[1].value == pytest.approx(0.4)
     search.settle(rows, epochs)  # nothing left to tell: no error, no change
     assert len(optuna.load_study(study_name="study", storage=url).trials) == 2
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server (pgserver ships its binaries), as a cluster's database."""
+    import warnings
+
+    pgserver = pytest.importorskip("pgserver", reason="the dev extra installs pgserver")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # XDG_RUNTIME_DIR unset in CI
+        srv = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
+    yield srv.get_uri()
+    srv.cleanup()
+
+
+def test_postgresql_storage_holds_the_study_and_resumes_it(postgres, tmp_path):
+    """search.optuna_storage at PostgreSQL: the same study, reopened by another process's
+    searcher after a kill (snapshot behind the database), with nothing left RUNNING."""
+    sw = sweep(name="pg")
+    search = SeededSearch(sw, postgres)
+    run_group(search, ("t1", "t2"), [[0.3], [0.4]],
+              [{"epoch": 1, "val_acc": 0.3, "final": True},
+               {"epoch": 1, "val_acc": 0.4, "final": True}])
+    search.suggest("t3")
+    search.save(tmp_path / "snap.pkl")
+    search.suggest("t4")
+    search.suggest("t5")  # asked after the snapshot, then killed
+    again = SeededSearch(sw, postgres, resume=True)
+    again.restore(tmp_path / "snap.pkl")
+    assert again.reuse == [2]
+    again.on_trial_complete("t3", {"epoch": 1, "val_acc": 0.5, "final": True})  # Tune resumes it
+    finish(again, 0)
+    study = optuna.load_study(study_name="pg", storage=postgres)
+    assert [t.state for t in study.trials][:1] == [TS.COMPLETE]
+    assert TS.RUNNING not in {t.state for t in study.trials}
+    assert len(study.trials) == 4
+    with pytest.raises(KDTuneError, match="already holds a study named 'pg'"):
+        SeededSearch(sw, postgres)
+
+
+def test_database_passwords_stay_out_of_what_is_shown():
+    from kdtune.config import check_optuna_storage, redact_url
+
+    assert redact_url("postgresql://kd:s3cret@db:5432/optuna") == \
+        "postgresql://kd:***@db:5432/optuna"
+    assert redact_url("sqlite:////abs/optuna.db") == "sqlite:////abs/optuna.db"
+    with pytest.raises(KDTuneError, match=r"search.optuna_storage: 'redis://u:\*\*\*@h/0' "
+                                          "is not a database URL"):
+        check_optuna_storage("redis://u:s3cret@h/0")
+    with pytest.raises(KDTuneError) as e:
+        SeededSearch(sweep(), "mysql+nosuchdriver://u:s3cret@127.0.0.1/db")
+    assert "s3cret" not in str(e.value) and "cannot open" in str(e.value)
+
+
+def test_a_config_finished_after_the_snapshot_runs_again_as_an_attempt_naming_it(tmp_path):
+    url = db(tmp_path)
+    snap, third = snapshot_then_kill(tmp_path, url)
+    # the killed process had even finished the third config before the kill
+    optuna.load_study(study_name="study", storage=url).tell(2, 0.9)
+    again = SeededSearch(sweep(), url, resume=True)
+    again.restore(snap)
+    assert again.reuse == [2]
+    again.on_trial_complete("t3", {"epoch": 1, "val_acc": 0.5, "final": True})
+    again.on_trial_complete("t4", {"epoch": 1, "val_acc": 0.7, "final": True})
+    cfg = again.suggest("n1")
+    assert {k: v for k, v in cfg.items() if k != "seed"} == \
+        {k: v for k, v in third.items() if k != "seed"}
+    again.on_trial_complete("n1", {"epoch": 1, "val_acc": 0.8, "final": True})
+    finish(again, 0)
+    t = optuna.load_study(study_name="study", storage=url).trials
+    rerun = [x for x in t if x.user_attrs.get("kdtune_rerun_of") == 2]
+    assert len(rerun) == 1 and rerun[0].params == t[2].params
+    assert TS.RUNNING not in {x.state for x in t}
+    # a second resume does not run it a third time
+    again.save(tmp_path / "snap2.pkl")
+    last = SeededSearch(sweep(), url, resume=True)
+    last.restore(tmp_path / "snap2.pkl")
+    assert last.reuse == []

@@ -347,6 +347,8 @@ def test_epochs_table_matches_epochs_trained(sweep_run):
 
 PROGRESS = re.compile(
     r"^(sweep 'main': \d+ trials .*"
+    r"|optuna study 'main': sqlite:///\S+/optuna\.db \(browse it: optuna-dashboard "
+    r"sqlite:///\S+/optuna\.db\)"
     r"|preparing \d+ teacher\(s\) once for the whole sweep: .*"
     r"|teacher \w+/\w+: (trained in|cache hit).*"
     r"|\[main\] \d\d:\d\d elapsed.*\| running \d+, completed \d+, stopped \d+, errored \d+ of "
@@ -361,9 +363,7 @@ def test_progress_is_one_compact_line_per_event_without_ray_logs(sweep_run):
     assert lines, "no output"
     odd = [ln for ln in lines if not PROGRESS.match(ln)]
     assert not odd, odd[:5]
-    # the dashboard may explain on stderr why it wrote no PNG (no Chrome); nothing else
-    err = [ln for ln in sweep_run.stderr.splitlines() if not ln.startswith("kdtune dashboard:")]
-    assert not err, err[:10]
+    assert not sweep_run.stderr.strip(), sweep_run.stderr[-2000:]  # the PNGs need no browser
     progress = [ln for ln in lines if ln.startswith("[main]")]
     assert len(progress) <= 2 * MAIN_PLANNED + sweep_run.wall / 10 + 2
     last = progress[-1]
@@ -889,7 +889,10 @@ def test_optuna_study_after_kill_and_resume_has_no_running_trial_and_no_duplicat
                if "kdtune_retry_of" in t.user_attrs}
     failed = [t for t in trials if t.state == TS.FAIL]
     assert failed and all(t.number in retries for t in failed)  # the injected error, rerun
-    live = [t for t in trials if t.state != TS.FAIL]
+    # a config that finished after the snapshot the kill left ran again as an attempt naming
+    # it (its first trials were lost with the snapshot): the first is history, not a config
+    rerun = {t.user_attrs["kdtune_rerun_of"] for t in trials if "kdtune_rerun_of" in t.user_attrs}
+    live = [t for t in trials if t.state != TS.FAIL and t.number not in rerun]
     assert len(live) == RESUME_PLANNED  # one per config (one seed each)
     assert len({json.dumps(t.params, sort_keys=True) for t in live}) == len(live)
     for t in live:

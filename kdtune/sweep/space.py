@@ -97,6 +97,9 @@ def open_study(sw: SweepConfig, storage: str | None, sampler, resume: bool) -> o
             held = {s.study_name: s for s in rdb.get_all_studies()}
         except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors: no driver, no server
             line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            if isinstance(e, ImportError) and storage.startswith(("postgres", "mysql")):
+                line = ("no driver for it is installed: pip install 'kdtune[postgres]' "
+                        "(psycopg) for postgresql://, or PyMySQL with mysql+pymysql://")
             raise KDTuneError(f"search.optuna_storage: cannot open {redact_url(storage)}: "
                               f"{line[:300]}") from None
         if name in held and not resume:
@@ -186,7 +189,15 @@ class SeededSearch(Searcher):
         study = self._study
         if self.reuse:
             n = self.reuse.pop(0)
-            return n, dict(study.get_trials(deepcopy=False)[n].params)
+            old = study.get_trials(deepcopy=False)[n]
+            if old.state == TS.RUNNING:
+                return n, dict(old.params)
+            # it even finished after the snapshot: its trials are lost with the snapshot and run
+            # again, as a new attempt that names the first (a finished trial cannot change)
+            study.enqueue_trial(dict(old.params), skip_if_exists=False)
+            trial = study.ask(fixed_distributions=self.space)
+            trial.set_user_attr("kdtune_rerun_of", n)
+            return trial.number, dict(trial.params)
         for _ in range(1000):
             if isinstance(self.sampler, optuna.samplers.GridSampler) and \
                     self.sampler.is_exhausted(study):
@@ -343,7 +354,9 @@ class SeededSearch(Searcher):
                 raise
 
     def _set_attr(self, number: int, key: str, value) -> None:
-        self._study._storage.set_trial_user_attr(_trial_id(self._study, number), key, value)
+        tid = _trial_id(self._study, number)
+        if not self._study._storage.get_trial(tid).state.is_finished():  # else: fixed for good
+            self._study._storage.set_trial_user_attr(tid, key, value)
 
     def _abandon_reused(self) -> None:
         """Trials kept for reuse that the sweep no longer asks for: FAIL, not left RUNNING."""
@@ -426,12 +439,19 @@ class SeededSearch(Searcher):
             for tid in [t for t, r in g["results"].items() if r is None]:
                 del g["results"][tid]
             t = held.get(g["number"])
+            retry = [r for r in held.values() if r.user_attrs.get("kdtune_retry_of") == g["number"]]
             if t is None or t.params != g["params"]:
                 g["number"] = self._re_add(g)
+            elif retry:  # its failure was retried after the snapshot: that attempt is the group's
+                mine.add(g["number"])
+                g["number"] = retry[-1].number
             elif g.get("told") and t.state == TS.RUNNING:
                 self._tell_group(g)
             mine.add(g["number"])
-        self.reuse = [n for n, t in sorted(held.items()) if n not in mine
+        # attempts that name an earlier one keep it out of reuse: it was run again already
+        named = {t.user_attrs.get(k) for t in held.values()
+                 for k in ("kdtune_retry_of", "kdtune_rerun_of")}
+        self.reuse = [n for n, t in sorted(held.items()) if n not in mine and n not in named
                       and "kdtune_skipped" not in t.user_attrs
                       and "kdtune_abandoned" not in t.user_attrs]
         # The sampler is this process's, seeded with search.search_seed as at the sweep's
