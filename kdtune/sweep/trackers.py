@@ -33,6 +33,7 @@ host after the 3 s probe.
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import os
 import socket
@@ -187,6 +188,9 @@ class MLflowTracker(MLflowLoggerCallback):
         self.connected = True
         import mlflow
 
+        # "Creating initial MLflow database tables..." and the like: the line below says where
+        # runs go; MLflow's warnings still show
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.uri = mlflow.get_tracking_uri()  # MLFLOW_TRACKING_URI, or MLflow's default
         scheme = urlparse(self.uri).scheme
         if scheme in ("http", "https"):
