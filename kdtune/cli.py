@@ -7,54 +7,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
+from .api import jsonable as _jsonable
 from .errors import KDTuneError
 
 
-def _jsonable(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    from .storage import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=1, sort_keys=True))
-
-
 def cmd_trial(args) -> int:
-    from .config import load_trial_config, parse_overrides
-    from .train import resolve_device
-    from .trial import CKPT, STUDENT, provenance, run_trial
+    from .api import run_trial
+    from .config import parse_overrides
 
-    cfg = load_trial_config(args.config, parse_overrides(args.set))
-    out = Path(args.out or Path("results") / "trials" / Path(args.config).stem)
-    out.mkdir(parents=True, exist_ok=True)
     err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731  progress -> stderr
     # stdout carries epoch lines and, last, the JSON; setup chatter (teacher, cache) goes to
     # stderr so `kdtune trial ... | tail -1 | jq` works.
-    result = run_trial(cfg, checkpoint_dir=out, resume_from=out,
+    result = run_trial(args.config, dict(parse_overrides(args.set)), out=args.out,
                        log=lambda m: print(m, flush=True) if m.startswith(("epoch", "resum"))
                        else err(m))
-    result.pop("model")
-    history = result.pop("history")
-    result.update(provenance(resolve_device(cfg.device)), seed=cfg.seed,
-                  checkpoint=str(out / STUDENT))
-    write_json_atomic(out / "result.json", {"metrics": result, "config": cfg.to_dict(),
-                                            "history": history})
-    (out / CKPT).unlink(missing_ok=True)  # finished: a rerun starts fresh
+    result = {k: v for k, v in result.items() if k not in ("model", "history")}
     print(json.dumps(_jsonable(result), sort_keys=True), flush=True)
     return 0
-
 
 
 def cmd_validate(args) -> int:

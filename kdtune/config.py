@@ -688,6 +688,12 @@ def load_trial_config(path: str | Path, overrides=None) -> TrialConfig:
     raw = read_yaml(path)
     if "search" in raw:
         raise KDTuneError(f"{path}: has a search: section; run it with `kdtune sweep {path}`")
+    return checked_trial_config(raw, overrides)
+
+
+def checked_trial_config(raw: dict, overrides=None) -> TrialConfig:
+    """A trial's config with the checks a whole trial needs (KD keys its method reads, the
+    teacher cache it can use), from a YAML file's content or a notebook's dict."""
     cfg = trial_config(raw, overrides)
     check_kd_keys({cfg.kd.method}, _given_kd(raw, overrides))
     check_teacher_cache({cfg.kd.method}, cfg.teacher, cfg.kd.alpha)

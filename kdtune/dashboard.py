@@ -2443,6 +2443,21 @@ def render_html(data: _Data, panels: list[_Panel], report: dict) -> str:
 """
 
 
+def figures(*runs: str | Path, cache_dir: str | Path | None = None) -> dict:
+    """The dashboard's Plotly figures of one or more sweep runs (folders or URIs), by panel key
+    (``front_latency`` or ``front_latency_<target>`` per latency target, ``front_size``,
+    ``front_3d``, ``parcoords``, ``ablation``, ``stem``, ``kd_vs_baseline``, ``curves``; or
+    ``best_only`` when only accuracy was measured), for a notebook to show or restyle. A panel
+    that has nothing to draw (no latency measured, no no-KD trial, ...) is left out; its
+    reason is what the HTML page says there."""
+    from kdtune.storage import local_run
+
+    if not runs:
+        raise KDTuneError("figures: name at least one run folder")
+    data = _prepare([local_run(r, cache_dir) for r in runs])
+    return {p.key: p.figure for p in build_panels(data) if p.figure is not None}
+
+
 def write_dashboard(
     run_dirs: Sequence[str | Path] | str | Path,
     out: str | Path | None = None,

@@ -266,3 +266,14 @@ class RunStore:
             self._call("delete", self.ray_path, self.fs.delete_dir, self.ray_path)
         except FileNotFoundError:
             pass
+
+
+def local_run(run: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A run folder on this machine: `run` itself, or for a URI (s3://, gs://, ...) a fresh
+    copy of its tables (its checkpoints stay in the bucket), as `kdtune dashboard` reads it:
+    a dashboard's working copy, never the sweep's own (see RunStore's `purpose`)."""
+    from .config import TrialConfig
+
+    store = RunStore(run, cache_dir or TrialConfig().cache_dir, purpose="dashboards")
+    store.pull(top_level_only=True)
+    return store.local

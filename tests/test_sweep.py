@@ -898,3 +898,30 @@ def test_optuna_study_after_kill_and_resume_has_no_running_trial_and_no_duplicat
     for t in live:
         rows = df[df["trial_id"].isin(t.user_attrs["ray_trial_ids"])]
         check_trial_against_rows(t, rows, epochs)
+
+
+# --- docs/explore.ipynb on this module's sweep ------------------------------------------------
+
+
+def test_explore_notebook_runs_on_a_sweep_and_exports_the_student_it_picks(sweep_run,
+                                                                           monkeypatch):
+    """The notebook a user opens first: executed top to bottom in a real kernel against the
+    module's sweep (as `KDTUNE_RUN`); it must pick a student of the front and export it."""
+    import nbclient
+    import nbformat
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "explore.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") and not c.get("execution_count")
+               for c in nb.cells if c.cell_type == "code"), "commit it with outputs stripped"
+    monkeypatch.setenv("KDTUNE_RUN", str(sweep_run.dir))
+    nbclient.NotebookClient(nb, timeout=240, kernel_name="python3").execute()
+    text = "\n".join(str(o.get("text") or (o.get("data") or {}).get("text/plain", ""))
+                     for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    done = sweep_run.trials[sweep_run.trials["status"] == "completed"]
+    picked = re.search(r"trial (\w+): val", text).group(1)
+    assert picked in set(done["trial_id"])
+    assert (sweep_run.dir / "export" / f"{picked}.onnx").is_file()
+    assert "onnxruntime test accuracy" in text
+    assert any("application/vnd.plotly.v1+json" in (o.get("data") or {})
+               for c in nb.cells if c.cell_type == "code" for o in c.outputs)  # a figure shown

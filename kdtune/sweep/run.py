@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..config import LOGIT_METHODS, load_sweep_config, redact_url
+from ..config import LOGIT_METHODS, load_sweep_config, redact_url, sweep_config
 from ..data import load_split
 from ..errors import KDTuneError
 from ..export import resolve as resolve_onnx
@@ -267,7 +267,9 @@ def prepare_teachers(sw, base: dict, split, split_ref, want_views: bool, use_gpu
 
 def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=False,
               out=None) -> Path:
-    sw = load_sweep_config(space_path, overrides)
+    # a path (the command line), or its content as a dict (kdtune.run_sweep in a notebook)
+    sw = sweep_config(space_path, overrides, default_name="sweep") if isinstance(
+        space_path, dict) else load_sweep_config(space_path, overrides)
     optuna_space(sw, notes=True)  # what config checks let through but Optuna refuses
     check_methods(sw)  # a kd.method x architecture pair that cannot work: now, not mid-sweep
     check_trackers(sw)  # search.log_to: [mlflow] without mlflow is said now
@@ -452,9 +454,12 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
         searcher.settle(writer.rows.values(), writer.epochs.values())
         if writer.unfinished or not searcher.done():
             again = " with the same --set options" if overrides else ""
+            how = (f"kdtune.run_sweep(space, overrides, out={str(store)!r}, resume=True)"
+                   if isinstance(space_path, dict) else
+                   f"kdtune sweep {space_path} --out {store} --resume{again}")
             print(f"sweep interrupted: {len(writer.rows)} of {planned} trials finished; state "
-                  f"saved in {store.url(RAY_DIR)}. Continue with: kdtune sweep {space_path} "
-                  f"--out {store} --resume{again}", file=sys.stderr, flush=True)
+                  f"saved in {store.url(RAY_DIR)}. Continue with: {how}", file=sys.stderr,
+                  flush=True)
             raise KeyboardInterrupt
         if len(writer.rows) < planned:
             print(f"note: the searcher ran out of configs after {len(writer.rows)} of "
