@@ -369,3 +369,34 @@ def test_a_config_finished_after_the_snapshot_runs_again_as_an_attempt_naming_it
     last = SeededSearch(sweep(), url, resume=True)
     last.restore(tmp_path / "snap2.pkl")
     assert last.reuse == []
+
+
+def test_a_trial_killed_half_drawn_is_failed_not_run(tmp_path):
+    """Optuna writes a new trial and then each of its parameters: a kill in between leaves a
+    RUNNING trial without a whole config, which --resume must not run as a config."""
+    url = db(tmp_path)
+    search = SeededSearch(sweep(), url)
+    search.suggest("t1")
+    search.save(tmp_path / "snap.pkl")
+    search.study._storage.create_new_trial(search.study._study_id)  # asked, no params yet
+    again = SeededSearch(sweep(), url, resume=True)
+    again.restore(tmp_path / "snap.pkl")
+    assert again.reuse == []
+    t = optuna.load_study(study_name="study", storage=url).trials
+    assert t[1].state == TS.FAIL and "kdtune_abandoned" in t[1].user_attrs
+    assert set(again.suggest("t2")) == {"kd.temperature", "kd.alpha", "seed"}
+
+
+def test_settle_finds_a_rerun_the_searcher_never_heard_of_by_its_config(tmp_path):
+    url = db(tmp_path)
+    search = SeededSearch(sweep(seeds=[0]), url)
+    cfg = run_group(search, ("t1",), [[]], [None])[0]
+    assert search.study.trials[0].state == TS.FAIL
+    # --resume restarted t1 as t9 (Trial.reset), which finished before any snapshot the
+    # searcher state was saved with: only trials.parquet knows it
+    row = {**{k: v for k, v in cfg.items()}, "trial_id": "t9", "status": "completed",
+           "epochs_trained": 2, "val_acc": 0.45, "is_baseline": False, "seed": 0.0}
+    search.settle([row], [{"trial_id": "t9", "epoch": 2, "val_acc": 0.45}])
+    t = optuna.load_study(study_name="study", storage=url).trials
+    assert [x.state for x in t] == [TS.FAIL, TS.COMPLETE]
+    assert t[1].user_attrs["kdtune_retry_of"] == 0 and t[1].value == pytest.approx(0.45)

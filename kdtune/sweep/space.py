@@ -13,7 +13,7 @@ from optuna import distributions as d
 from ._ray import ray  # noqa: F401  (first: sets Ray's environment before Ray is imported)
 from ray.tune.search import Searcher  # noqa: E402  isort: skip
 
-from ..config import SweepConfig
+from ..config import STEM_SHORTHAND, SweepConfig
 from ..errors import KDTuneError
 from .plan import baseline_configs, encode_choice, n_trials, skipped
 
@@ -375,6 +375,16 @@ class SeededSearch(Searcher):
         if self._study is None:
             return
         by_id = {r["trial_id"]: r for r in rows}
+        for tid, r in by_id.items():
+            # a trial --resume restarted as a new one (Trial.reset) that ended before any
+            # snapshot recorded the searcher hearing of it: known by its config and seed
+            if tid not in self.owner and not r.get("is_baseline"):
+                for primary, g in self.groups.items():
+                    if r.get("seed") in self.seeds and g["params"] and all(
+                            _row_value(r, k) == v for k, v in g["params"].items()):
+                        g["ids"].append(tid)
+                        self.owner[tid], self.seed_of[tid] = primary, int(r["seed"])
+                        break
         curves: dict[str, dict] = {}
         for e in epochs:
             v = e.get(self.metrics[0])
@@ -454,6 +464,12 @@ class SeededSearch(Searcher):
         self.reuse = [n for n, t in sorted(held.items()) if n not in mine and n not in named
                       and "kdtune_skipped" not in t.user_attrs
                       and "kdtune_abandoned" not in t.user_attrs]
+        for n in [n for n in self.reuse if set(held[n].params) != set(self.space)]:
+            # killed while Optuna was writing its suggestion (each parameter is its own write):
+            # no whole config to run again
+            self.reuse.remove(n)
+            self._set_attr(n, "kdtune_abandoned", "killed while its config was being drawn")
+            self._tell_safely(n, None, TS.FAIL)
         # The sampler is this process's, seeded with search.search_seed as at the sweep's
         # start: its first draws would repeat the sweep's first configs. What it learnt lives
         # in the study (TPE, NSGA-II and the grid read their trials from it), so only its
@@ -476,6 +492,11 @@ class SeededSearch(Searcher):
             values=values, intermediate_values=told["curve"] or None,
             user_attrs={**self._attrs(g), **(attrs or {})}))
         return len(study.get_trials(deepcopy=False)) - 1
+
+
+def _row_value(row: dict, key: str):
+    """A searched key's value as a trials.parquet row holds it (`stem` sets both stems)."""
+    return row.get("student.stem") if key == STEM_SHORTHAND else row.get(key)
 
 
 def _from_ray_optuna(saved: dict) -> dict:
