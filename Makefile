@@ -10,7 +10,7 @@ RUN     ?= results/smoke
 DATA    ?= $(wildcard ../shared/data/cifar10-jpeg.tar.gz)
 DATAARG := $(if $(DATA),--set data.dataset=imagefolder --set data.root=$(abspath $(DATA)),)
 
-.PHONY: install test sweep trial dashboard bench validate clean
+.PHONY: install test sweep trial dashboard bench validate docs clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,10 @@ dashboard: install
 
 bench: install
 	$(BIN)/kdtune bench $(if $(DATA),--data $(abspath $(DATA))) $(ARGS)
+
+# docs/reference.md from kdtune/config.py (tests/test_docs.py fails when it is stale)
+docs: install
+	$(BIN)/python -m kdtune.reference docs/reference.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

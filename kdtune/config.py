@@ -89,40 +89,56 @@ def _f(default, *, ge=None, gt=None, le=None, lt=None, choices=None, doc=""):
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("cifar10", choices=DATASETS)
+    dataset: str = _f("cifar10", choices=DATASETS, doc="cifar10/cifar100: torchvision's "
+                      "copy (downloaded into root); imagefolder: your own images; synthetic: "
+                      "generated patterns, for tests")
     # cifar10/cifar100: torchvision download dir; imagefolder: a folder or .tar.gz with
     # train/<class>/ and test/<class>/; synthetic: unused.
-    root: str | None = _f(None)
+    root: str | None = _f(None, doc="cifar10/cifar100: download folder (default: "
+                          "cache_dir/torchvision); imagefolder: a folder or .tar.gz holding "
+                          "train/<class>/ and test/<class>/ (required)")
     label: str | None = _f(None, doc="human name of the data shown next to every number")
-    val_size: int = _f(5000, ge=1)
-    train_subset: int | None = _f(None, ge=1)
-    test_subset: int | None = _f(None, ge=1)
+    val_size: int = _f(5000, ge=1, doc="validation images held out of train, class-balanced; "
+                       "every choice is made on them")
+    train_subset: int | None = _f(None, ge=1, doc="train on this many of the remaining "
+                                  "training images (class-balanced); null: all")
+    test_subset: int | None = _f(None, ge=1, doc="report test accuracy on this many test "
+                                 "images (class-balanced); null: all")
     augment: bool = _f(True, doc="random crop (pad 4) + horizontal flip, on the device")
     resize: int | None = _f(None, ge=8, doc="upsample batches to this size (224: ImageNet stem)")
     split_seed: int = _f(0, ge=0, doc="fixed across trials so every trial sees the same val split")
-    synthetic_train: int = _f(2000, ge=10)
-    synthetic_test: int = _f(500, ge=10)
-    synthetic_classes: int = _f(10, ge=2)
+    synthetic_train: int = _f(2000, ge=10, doc="synthetic: training images generated")
+    synthetic_test: int = _f(500, ge=10, doc="synthetic: test images generated")
+    synthetic_classes: int = _f(10, ge=2, doc="synthetic: number of classes")
 
 
 @dataclass
 class TeacherConfig:
-    arch: str = _f("resnet18", choices=_model_names)
-    stem: str = _f("cifar", choices=STEMS)
-    pretrained: str | None = _f(None, choices=PRETRAINED)
-    epochs: int = _f(30, ge=0)
+    arch: str = _f("resnet18", choices=_model_names, doc="the teacher's architecture "
+                   "(the same registry as student.arch)")
+    stem: str = _f("cifar", choices=STEMS, doc="standard: 7x7 stride 2 + max-pool (ImageNet); "
+                   "cifar: 3x3 stride 1, no max-pool; a ViT has none (leave cifar)")
+    pretrained: str | None = _f(None, choices=PRETRAINED, doc="imagenet: start from "
+                                "torchvision's ImageNet weights (resnet18/34/50, "
+                                "mobilenet_v3_small)")
+    epochs: int = _f(30, ge=0, doc="training epochs of the teacher (trained once, cached); 0: "
+                     "no training (its pretrained or initial weights)")
     # lr, weight_decay, optimizer, warmup_epochs: null is the teacher's family recipe (RECIPES)
     lr: float | None = _f(None, gt=0, doc="null: per architecture family (RECIPES)")
-    batch_size: int = _f(256, ge=1)
+    batch_size: int = _f(256, ge=1, doc="the teacher's training batch size")
     weight_decay: float | None = _f(None, ge=0, doc="null: per architecture family")
     optimizer: str | None = _f(None, choices=OPTIMIZERS, doc="null: per architecture family")
     warmup_epochs: float | None = _f(None, ge=0, doc="linear lr warm-up before the cosine "
                                      "decay; null: per architecture family")
-    label_smoothing: float = _f(0.0, ge=0, lt=1)
+    label_smoothing: float = _f(0.0, ge=0, lt=1, doc="label smoothing of the teacher's "
+                                "cross-entropy")
     seed: int = _f(0, ge=0, doc="fixed, not the trial seed, so all trials share one teacher")
     # views: precompute logits of all 162 crop/flip views once; none: teacher forward per step;
     # auto: views for sweeps, none for a lone trial (see README, "Teacher cache").
-    cache: str = _f("auto", choices=TEACHER_CACHES)
+    cache: str = _f("auto", choices=TEACHER_CACHES, doc="views: the teacher's logits of all "
+                    "162 crop/flip views, computed once; none: the teacher runs on each "
+                    "batch; auto: views when the sweep's trials x epochs (a lone trial's epochs) "
+                    "exceed 162 (README, Teacher cache)")
     ensemble: list | None = _f(None, doc="teachers, each an arch name or a mapping of teacher "
                                "keys (arch required; the rest default to this section's); "
                                "the student learns from the average of their T-softened "
@@ -155,14 +171,15 @@ def _arch_name(arch: str, stem: str) -> str:
 
 @dataclass
 class StudentConfig:
-    arch: str = _f("resnet20", choices=_model_names)
-    stem: str = _f("cifar", choices=STEMS)
+    arch: str = _f("resnet20", choices=_model_names, doc="the student's architecture: CNNs and "
+                   "ViTs (vit_*); any can be teacher or student")
+    stem: str = _f("cifar", choices=STEMS, doc="as teacher.stem; a ViT has none (leave cifar)")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(30, ge=1)
-    batch_size: int = _f(256, ge=1)
+    epochs: int = _f(30, ge=1, doc="the student's training epochs (before pruning)")
+    batch_size: int = _f(256, ge=1, doc="the student's training batch size")
     lr: float | None = _f(None, gt=0, doc="null: the student's family recipe (RECIPES)")
     weight_decay: float | None = _f(None, ge=0, doc="null: per architecture family")
     optimizer: str | None = _f(None, choices=OPTIMIZERS, doc="null: per architecture family")
@@ -171,9 +188,11 @@ class TrainConfig:
     cutout: int | None = _f(None, ge=0, doc="Cutout square (px) erased from each student "
                             "training image, 0: off; null: per family (ViT 16). The teacher "
                             "then runs online: the view cache holds un-erased views")
-    momentum: float = _f(0.9, ge=0, lt=1)
-    schedule: str = _f("cosine", choices=SCHEDULES)
-    eval_batch_size: int = _f(1024, ge=1)
+    momentum: float = _f(0.9, ge=0, lt=1, doc="SGD's (Nesterov) momentum")
+    schedule: str = _f("cosine", choices=SCHEDULES, doc="learning-rate schedule over the "
+                       "training epochs")
+    eval_batch_size: int = _f(1024, ge=1, doc="batch size of every evaluation (students and "
+                              "teachers)")
     channels_last: str | bool = _f("auto", choices=CHANNELS_LAST,
                                    doc="NHWC memory layout for models and batches")
     precision: str = _f("auto", choices=PRECISIONS, doc="bf16: autocast forward passes")
@@ -185,10 +204,12 @@ class KDConfig:
                      doc="logit: Hinton KD; fitnets: + feature hints through a regressor; "
                          "attention: + attention transfer; dkd: decoupled KD; cosine: + "
                          "cosine loss on the embeddings before the classifier (README)")
-    temperature: float = _f(4.0, gt=0)
+    temperature: float = _f(4.0, gt=0, doc="T: softens teacher and student logits in every "
+                            "method's KD term; inert at alpha 0")
     alpha: float = _f(0.9, ge=0, le=1, doc="weight of the teacher's logit term (logit, "
                       "fitnets, attention); 0 turns distillation off for every method")
-    label_smoothing: float = _f(0.05, ge=0, lt=1)
+    label_smoothing: float = _f(0.05, ge=0, lt=1, doc="label smoothing of the student's "
+                                "cross-entropy term (also at alpha 0)")
     feature_weight: float | None = _f(None, ge=0, doc="fitnets/attention/cosine: weight of "
                                       "the feature loss; default 100 (fitnets), 1000 "
                                       "(attention), 1 (cosine)")
@@ -219,19 +240,22 @@ class PruneConfig:
                          "size unchanged); channel: remove whole channels (narrower layers)")
     ratio: float = _f(0.0, ge=0, lt=1, doc="fraction removed: of conv weights (unstructured) "
                       "or of conv channels (channel)")
-    scope: str = _f("global", choices=PRUNE_SCOPES)
+    scope: str = _f("global", choices=PRUNE_SCOPES, doc="global: one L1 ranking over all "
+                    "layers; layerwise: the ratio in every layer")
     round_to: int = _f(8, ge=1, doc="channel: kept widths are multiples of this (1: exact)")
-    finetune_epochs: int = _f(0, ge=0)
-    include_linear: bool = _f(False)
+    finetune_epochs: int = _f(0, ge=0, doc="epochs of fine-tuning (KD loss as in training) "
+                              "after pruning; run only when ratio > 0")
+    include_linear: bool = _f(False, doc="unstructured: prune Linear layers too (needed for "
+                              "ViTs), not only convolutions")
     finetune_lr: float | None = _f(None, gt=0, doc="default: train.lr / 10")
 
 
 @dataclass
 class MeasureConfig:
-    latency: bool = _f(True)
-    warmup: int = _f(10, ge=0)
-    runs: int = _f(50, ge=1)
-    throughput_batch: int = _f(256, ge=1)
+    latency: bool = _f(True, doc="measure batch-1 latency and throughput of the student")
+    warmup: int = _f(10, ge=0, doc="untimed calls before the latency is timed")
+    runs: int = _f(50, ge=1, doc="timed batch-1 calls: median, p10 and p90 are reported")
+    throughput_batch: int = _f(256, ge=1, doc="batch size of the throughput measurement")
     cpu_threads: int = _f(1, ge=1, doc="fixed thread count for CPU latency, so runs compare")
     onnx: str | bool = _f("auto", choices=ONNX_MEASURE,
                           doc="after a sweep, export every completed student to ONNX (fp32 and "
@@ -248,8 +272,10 @@ class TrialConfig:
     kd: KDConfig = field(default_factory=KDConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
-    seed: int = _f(0, ge=0)
-    device: str = _f("auto", doc="auto | cpu | cuda | cuda:N")
+    seed: int = _f(0, ge=0, doc="the trial's seed (student init, batches); a sweep sets it "
+                   "from search.seeds")
+    device: str = _f("auto", doc="where the trial runs: auto | cpu | cuda | cuda:N; auto: "
+                     "cuda when torch sees a GPU, else cpu")
     cache_dir: str = _f("~/.cache/kdtune", doc="teacher and decoded-data caches")
 
     def to_dict(self) -> dict[str, Any]:
@@ -273,42 +299,56 @@ OBJECTIVE_METRICS = ("val_acc", "size_mb_dense", "size_mb_sparse", "size_mb_disk
 
 @dataclass
 class ParamSpec:
-    type: str = _f("choice", choices=PARAM_TYPES)
-    low: float | None = _f(None)
-    high: float | None = _f(None)
-    values: list | None = _f(None)
-    step: float | None = _f(None, gt=0)
+    type: str = _f("choice", choices=PARAM_TYPES, doc="uniform, loguniform, int: a range "
+                   "(low/high); choice: listed values for the sampler; grid: listed values, "
+                   "every combination (search.sampler: grid)")
+    low: float | None = _f(None, doc="uniform/loguniform/int: lowest value (loguniform: > 0)")
+    high: float | None = _f(None, doc="uniform/loguniform/int: highest value (above low)")
+    values: list | None = _f(None, doc="choice/grid: the values, each checked like a "
+                             "hand-written config")
+    step: float | None = _f(None, gt=0, doc="uniform/int: sample on low + k x step (int: an "
+                            "integer; not with loguniform)")
 
 
 @dataclass
 class AshaConfig:
-    grace_period: int = _f(1, ge=1)
-    reduction_factor: float = _f(2.0, gt=1)
+    grace_period: int = _f(1, ge=1, doc="epochs every trial runs before ASHA may stop it")
+    reduction_factor: float = _f(2.0, gt=1, doc="keep the best 1/reduction_factor at each "
+                                 "rung; rungs at grace_period x reduction_factor^k epochs")
     max_t: int | None = _f(None, ge=1, doc="default: train.epochs + prune.finetune_epochs")
 
 
 @dataclass
 class ResourcesConfig:
-    cpu: float = _f(1.0, gt=0)
+    cpu: float = _f(1.0, gt=0, doc="CPUs per trial (also its torch threads)")
     gpu: float | None = _f(None, ge=0, le=1, doc="GPU fraction per trial; default: 1 if GPUs")
 
 
 @dataclass
 class SearchConfig:
-    name: str | None = _f(None)
-    space: dict = _f({})
-    searcher: str = _f("optuna", choices=("optuna",))
-    sampler: str = _f("tpe", choices=SAMPLERS)
-    objectives: dict = _f({"val_acc": "max"})
-    scheduler: str = _f("asha", choices=SCHEDULERS)
+    name: str | None = _f(None, doc="the sweep's name: run folder results/<name>, Optuna "
+                          "study and MLflow experiment; default: the YAML file's stem")
+    space: dict = _f({}, doc="dotted trial key (or stem: both stems) -> a parameter spec "
+                     "(search.space.KEY.*); data.* and seed cannot be searched")
+    searcher: str = _f("optuna", choices=("optuna",), doc="who proposes configs")
+    sampler: str = _f("tpe", choices=SAMPLERS, doc="Optuna's sampler, seeded by search_seed; "
+                      "nsga2 for several objectives; grid needs every space entry of type grid")
+    objectives: dict = _f({"val_acc": "max"}, doc="metric -> max or min, in order: ASHA "
+                          "judges the first; metrics: see below")
+    scheduler: str = _f("asha", choices=SCHEDULERS, doc="asha: stop weak trials early, per "
+                        "student arch x stem x input size; fifo: run every trial to the end")
     asha: AshaConfig = field(default_factory=AshaConfig)
-    num_samples: int = _f(8, ge=1)
-    max_concurrent: int = _f(2, ge=1)
-    seeds: list = _f([0])
-    baseline: bool = _f(False)
+    num_samples: int = _f(8, ge=1, doc="configs the sampler proposes (each run once per "
+                          "seed); ignored by the grid sampler (the grid's size)")
+    max_concurrent: int = _f(2, ge=1, doc="trials running at once")
+    seeds: list = _f([0], doc="each config runs once per seed (integers >= 0); Optuna sees "
+                     "the mean, the dashboard the 95 % CI")
+    baseline: bool = _f(False, doc="per student arch x stem, also run the base config at "
+                        "kd.alpha 0 (no KD) and its KD twin, never stopped early")
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     storage: str | None = _f(None, doc="local path or URI; default results/<name>")
-    search_seed: int = _f(0, ge=0)
+    search_seed: int = _f(0, ge=0, doc="seed of the Optuna sampler (and of a grid's "
+                          "order)")
     measure_after: bool = _f(True, doc="re-measure latency of each completed student, alone")
     checkpoint_every_s: float = _f(20.0, ge=0, doc="a trial writes its resume checkpoint once "
                                    "this long has passed (and at the fine-tune's start and its "
