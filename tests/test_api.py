@@ -72,10 +72,12 @@ def test_pareto_front_returns_the_front_rows_cheapest_first():
 
 def test_run_sweep_from_a_dict_returns_its_trials_and_the_figures_read_them(tmp_path, tiny_raw):
     """A whole sweep the way a notebook runs it (in its own process: Ray starts in it)."""
+    # no KD (no teacher to prepare) and one epoch: the API is under test, not the training
     space = {**tiny_raw, "train": {**tiny_raw["train"], "epochs": 1},
+             "kd": {**tiny_raw["kd"], "alpha": 0.0},
              "search": {"name": "nb", "num_samples": 2, "seeds": [0], "max_concurrent": 1,
                         "scheduler": "fifo", "measure_after": False,
-                        "space": {"kd.alpha": {"type": "uniform", "low": 0.1, "high": 0.9}}}}
+                        "space": {"train.lr": {"type": "loguniform", "low": 0.01, "high": 0.1}}}}
     out = tmp_path / "run"
     code = (f"import json, kdtune; df = kdtune.run_sweep(json.loads({json.dumps(json.dumps(space))}),"
             f" {{'search.seeds': [3]}}, out={str(out)!r}); "
