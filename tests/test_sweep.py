@@ -665,8 +665,9 @@ def test_resumed_sweep_mlflow_runs(resumed):
 
 def test_resumed_sweep_wandb_runs(resumed):
     """search.log_to: [wandb], offline, across the kill -9, the Ctrl+C and two resumes: one W&B
-    run per trial id (a folder of it per process that logged to it), every epoch once at step =
-    epoch and in order, the final and measured numbers in the summary."""
+    run per trial id (a folder of it per process that logged to it), every epoch at most once at
+    step = epoch and in order (all of them but what W&B had not written at the kill -9), the
+    final and measured numbers in the summary."""
     from kdtune.sweep.trackers import wandb_run_id
     from wandb_records import by_run_id, logged_steps
 
@@ -695,8 +696,17 @@ def test_resumed_sweep_wandb_runs(resumed):
         row = df.loc[tid]
         assert parts[0].config["kd.alpha"] == pytest.approx(row["kd.alpha"])
         assert parts[0].config["student.arch"] == row["student.arch"]
-        assert logged_steps(parts) == list(range(1, int(row["epochs_trained"]) + 1)), \
-            (tid, logged_steps(parts))
+        steps, epochs = logged_steps(parts), int(row["epochs_trained"])
+        assert steps == sorted(set(steps)) and steps[-1] == epochs, (tid, steps)  # once, in order
+        for i, part in enumerate(parts):
+            own, later = logged_steps([part]), logged_steps(parts[i + 1:])
+            if not own:
+                continue
+            assert own == list(range(own[0], own[-1] + 1)), (tid, own)  # none lost in a process
+            if later and part.exit_code is not None:  # a clean end: continued right after it
+                assert later[0] == own[-1] + 1, (tid, steps)
+        # only at the kill -9 may steps be missing: W&B's last second there (see trackers.py)
+        assert len(set(range(1, epochs + 1)) - set(steps)) <= 2, (tid, steps)
         summary = {k: v for p in parts for k, v in p.summary.items()}  # the last value wins
         if row["status"] == "completed":
             assert summary["test_acc"] == pytest.approx(row["test_acc"])

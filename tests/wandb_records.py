@@ -45,9 +45,10 @@ def _items(items) -> dict:
             for i in items}
 
 
-def offline_run(folder: Path) -> SimpleNamespace:
+def offline_run(folder: Path) -> SimpleNamespace | None:
     """One offline run folder (one process's part of a run): its run record, config, tags,
-    history rows (step -> values), summary updates and exit code (None: not finished)."""
+    history rows (step -> values), summary updates and exit code (None: not finished); None
+    when the file holds no run record (its process was killed before W&B wrote any)."""
     (path,) = Path(folder).glob("run-*.wandb")
     run, config, history, summary, exit_code, preempting = None, {}, [], {}, None, False
     for r in records(path):
@@ -66,7 +67,8 @@ def offline_run(folder: Path) -> SimpleNamespace:
             exit_code = r.exit.exit_code
         elif kind == "preempting":
             preempting = True
-    assert run is not None, path
+    if run is None:
+        return None
     return SimpleNamespace(folder=Path(folder), id=run.run_id, name=run.display_name,
                            group=run.run_group, project=run.project, tags=list(run.tags),
                            config=config, history=history, summary=summary,
@@ -74,8 +76,9 @@ def offline_run(folder: Path) -> SimpleNamespace:
 
 
 def offline_runs(run_dir: Path) -> list[SimpleNamespace]:
-    """Every offline run folder under <run_dir>/wandb, oldest first."""
-    return [offline_run(f) for f in sorted(Path(run_dir, "wandb").glob("offline-run-*"))]
+    """Every offline run folder under <run_dir>/wandb with a run record, oldest first."""
+    runs = (offline_run(f) for f in sorted(Path(run_dir, "wandb").glob("offline-run-*")))
+    return [r for r in runs if r is not None]
 
 
 def by_run_id(run_dir: Path) -> dict[str, list[SimpleNamespace]]:
