@@ -697,16 +697,19 @@ def test_resumed_sweep_wandb_runs(resumed):
         assert parts[0].config["kd.alpha"] == pytest.approx(row["kd.alpha"])
         assert parts[0].config["student.arch"] == row["student.arch"]
         steps, epochs = logged_steps(parts), int(row["epochs_trained"])
-        assert steps == sorted(set(steps)) and steps[-1] == epochs, (tid, steps)  # once, in order
+        assert steps == sorted(set(steps)), (tid, steps)  # each epoch at most once, in order
         for i, part in enumerate(parts):
             own, later = logged_steps([part]), logged_steps(parts[i + 1:])
             if not own:
                 continue
             assert own == list(range(own[0], own[-1] + 1)), (tid, own)  # none lost in a process
-            if later and part.exit_code is not None:  # a clean end: continued right after it
-                assert later[0] == own[-1] + 1, (tid, steps)
-        # only at the kill -9 may steps be missing: W&B's last second there (see trackers.py)
-        assert len(set(range(1, epochs + 1)) - set(steps)) <= 2, (tid, steps)
+            if part.exit_code is not None:  # a clean end: continued right after it, or the last
+                assert (later[0] if later else epochs + 1) == own[-1] + 1, (tid, steps)
+        # steps may be missing only where the kill -9 cut a process: what W&B had not written
+        # in its last 0.2 s (see trackers.py); that process's folder of the run is unfinished
+        missing = set(range(1, epochs + 1)) - set(steps)
+        assert len(missing) <= 1 and (not missing or any(p.exit_code is None for p in parts)), \
+            (tid, steps, [p.exit_code for p in parts])
         summary = {k: v for p in parts for k, v in p.summary.items()}  # the last value wins
         if row["status"] == "completed":
             assert summary["test_acc"] == pytest.approx(row["test_acc"])
