@@ -362,7 +362,8 @@ class SearchConfig:
                                     "(sqlite:///path.db, postgresql://user@host/db); default: "
                                     "optuna.db (SQLite) in the run folder")
     log_to: list = _f([], doc="trackers each trial is also logged to: mlflow (its tracking URI "
-                      "from MLFLOW_TRACKING_URI)")
+                      "from MLFLOW_TRACKING_URI), wandb (Weights & Biases: WANDB_PROJECT, "
+                      "default search.name; WANDB_MODE=offline for files only)")
 
 
 @dataclass
@@ -824,7 +825,7 @@ def _check_searched_stem(base: TrialConfig, space: dict[str, ParamSpec]) -> None
 
 
 #: search.log_to: where else each trial is logged (kdtune.sweep.trackers)
-LOG_TARGETS = ("mlflow",)
+LOG_TARGETS = ("mlflow", "wandb")
 #: search.optuna_storage: the database URL schemes Optuna's RDBStorage (SQLAlchemy) opens
 OPTUNA_STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
 

@@ -262,7 +262,8 @@ def reference_markdown() -> str:
         + ", ".join(_code(s) for s in C.OPTUNA_STORAGE_SCHEMES)
         + " (e.g. `sqlite:///path/optuna.db`, `postgresql://user@host/db`).",
         "- `search.log_to`: a list of " + ", ".join(_code(t) for t in C.LOG_TARGETS)
-        + " (README: [MLflow](../README.md#mlflow)).",
+        + " (README: [MLflow](../README.md#mlflow), "
+        "[Weights & Biases](../README.md#weights--biases)).",
         "",
     ]
     return "\n".join(out)

@@ -492,15 +492,25 @@ def resumed(tmp_path_factory):
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
     marker = tmp / "failed-once"
-    # every process also logs to MLflow (test_resumed_sweep_mlflow_runs): only this sweep does,
-    # RESUME_SEARCH's other users (bad spaces) stop before any tracker
-    space = write_sweep(tmp, {**RESUME_SEARCH, "log_to": ["mlflow"]}, tmp / "cache")
+    # every process also logs to MLflow and to W&B, offline (test_resumed_sweep_mlflow_runs,
+    # test_resumed_sweep_wandb_runs): only this sweep does, RESUME_SEARCH's other users (bad
+    # spaces) stop before any tracker
+    space = write_sweep(tmp, {**RESUME_SEARCH, "log_to": ["mlflow", "wandb"]}, tmp / "cache")
     out = tmp / "run"
     mlflow_uri = f"sqlite:///{tmp}/mlflow.db"
+    wandb_home = tmp / "wandb-home"  # W&B's user-wide settings, key and cache: not the user's
+    trackers = {"MLFLOW_TRACKING_URI": mlflow_uri, "WANDB_MODE": "offline",
+                "WANDB_CONFIG_DIR": str(wandb_home / "config"),
+                "WANDB_CACHE_DIR": str(wandb_home / "cache"),
+                "WANDB_DATA_DIR": str(wandb_home / "data"), "NETRC": str(wandb_home / "netrc")}
 
-    env_a = cli_env(KDTUNE_TEST_FAIL_ONCE=str(marker), PYTHONPATH=os.pathsep.join(
-        p for p in (str(inject), os.environ.get("PYTHONPATH")) if p),
-        MLFLOW_TRACKING_URI=mlflow_uri)
+    def env(**extra):
+        out = {k: v for k, v in cli_env(**trackers, **extra).items()
+               if not k.startswith("WANDB_") or k in trackers}  # no WANDB_PROJECT of the user
+        return out
+
+    env_a = env(KDTUNE_TEST_FAIL_ONCE=str(marker), PYTHONPATH=os.pathsep.join(
+        p for p in (str(inject), os.environ.get("PYTHONPATH")) if p))
     a = run_until(space, out, (), lambda df: (df["status"] == "errored").any() and len(df) >= 3,
                   env_a, signal.SIGKILL, "a")
     a.marker = marker
@@ -508,13 +518,11 @@ def resumed(tmp_path_factory):
     def progressed(df):
         return bool(set(df["trial_id"]) - set(a.after["trial_id"]))
 
-    b = run_until(space, out, ("--resume",), progressed,
-                  cli_env(MLFLOW_TRACKING_URI=mlflow_uri), signal.SIGINT, "b")
+    b = run_until(space, out, ("--resume",), progressed, env(), signal.SIGINT, "b")
     b.stamps = {p: p.stat().st_mtime_ns for p in (out / "checkpoints").glob("*.pt")}
 
     c = subprocess.run(kdtune_cmd("sweep", space, "--out", out, "--resume"),
-                       capture_output=True, text=True,
-                       env=cli_env(MLFLOW_TRACKING_URI=mlflow_uri), timeout=SWEEP_TIMEOUT)
+                       capture_output=True, text=True, env=env(), timeout=SWEEP_TIMEOUT)
     assert c.returncode == 0, c.stdout[-3000:] + c.stderr[-3000:]
     return SimpleNamespace(a=a, b=b, c=c, dir=out, mlflow_uri=mlflow_uri)
 
@@ -653,6 +661,62 @@ def test_resumed_sweep_mlflow_runs(resumed):
                 [f"checkpoint/{tid}.pt"]
         else:
             assert "test_acc" not in run.data.metrics and arts == []
+
+
+def test_resumed_sweep_wandb_runs(resumed):
+    """search.log_to: [wandb], offline, across the kill -9, the Ctrl+C and two resumes: one W&B
+    run per trial id (a folder of it per process that logged to it), every epoch at most once at
+    step = epoch and in order (all of them but what W&B had not written at the kill -9), the
+    final and measured numbers in the summary."""
+    from kdtune.sweep.trackers import wandb_run_id
+    from wandb_records import by_run_id, logged_steps
+
+    df = pd.read_parquet(resumed.dir / "trials.parquet").set_index("trial_id")
+    folder = resumed.dir / "wandb"
+    assert f"W&B: a run per trial in group 'resume' of project 'resume', offline in {folder} " \
+        in resumed.c.stdout, resumed.c.stdout
+    assert "W&B" not in resumed.a.stderr + resumed.b.stderr + resumed.c.stderr
+    runs = by_run_id(resumed.dir)
+    trial_of = {}  # run id -> trial id, from every folder's name: one trial per run
+    for run_id, parts in runs.items():
+        (name,) = {p.name for p in parts}
+        assert {p.project for p in parts} == {"resume"} and {p.group for p in parts} == \
+            {"resume"}
+        tid = name.removeprefix("resume-")
+        assert run_id == wandb_run_id("resume", tid)
+        trial_of[run_id] = tid
+        assert parts[0].config["kdtune"]["trial_id"] == tid  # the config, once, in the first
+    assert len(set(trial_of.values())) == len(trial_of)
+    assert set(df.index) <= set(trial_of.values()), set(df.index) - set(trial_of.values())
+    for run_id, parts in runs.items():
+        tid = trial_of[run_id]
+        if tid not in df.index:  # errored, or lost with Tune's last snapshot: failed or killed
+            assert parts[-1].exit_code == 1, (tid, [p.exit_code for p in parts])
+            continue
+        row = df.loc[tid]
+        assert parts[0].config["kd.alpha"] == pytest.approx(row["kd.alpha"])
+        assert parts[0].config["student.arch"] == row["student.arch"]
+        steps, epochs = logged_steps(parts), int(row["epochs_trained"])
+        assert steps == sorted(set(steps)), (tid, steps)  # each epoch at most once, in order
+        for i, part in enumerate(parts):
+            own, later = logged_steps([part]), logged_steps(parts[i + 1:])
+            if not own:
+                continue
+            assert own == list(range(own[0], own[-1] + 1)), (tid, own)  # none lost in a process
+            if part.exit_code is not None:  # a clean end: continued right after it, or the last
+                assert (later[0] if later else epochs + 1) == own[-1] + 1, (tid, steps)
+        # steps may be missing only where the kill -9 cut a process: what W&B had not written
+        # in its last 0.2 s (see trackers.py); that process's folder of the run is unfinished
+        missing = set(range(1, epochs + 1)) - set(steps)
+        assert len(missing) <= 1 and (not missing or any(p.exit_code is None for p in parts)), \
+            (tid, steps, [p.exit_code for p in parts])
+        summary = {k: v for p in parts for k, v in p.summary.items()}  # the last value wins
+        if row["status"] == "completed":
+            assert summary["test_acc"] == pytest.approx(row["test_acc"])
+            assert summary["latency_ms_b1_cpu"] == pytest.approx(row["latency_ms_b1_cpu"])
+        else:
+            assert "test_acc" not in summary
+        assert parts[-1].exit_code == 0, (tid, [p.exit_code for p in parts])
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""search.log_to: [mlflow] (kdtune.sweep.trackers), driven through the Tune callback methods with
-stand-in trials against a SQLite tracking store in a tmp folder: params, per-epoch steps, the one
-artifact, resume without duplicates, measured metrics, and an unreachable server. The real
-sweep (kill, Ctrl+C, resumes) is tests/test_sweep.py::test_resumed_sweep_mlflow_runs. A few
-seconds."""
+"""search.log_to: [mlflow] and [wandb] (kdtune.sweep.trackers), driven through the Tune callback
+methods with stand-in trials: MLflow against a SQLite tracking store in a tmp folder, W&B
+offline (WANDB_MODE=offline, its run files read back with tests/wandb_records.py): params or
+config, per-epoch steps, MLflow's one artifact, resume without duplicates, measured metrics, and
+an unreachable server. The real sweep (kill, Ctrl+C, resumes) is
+tests/test_sweep.py::test_resumed_sweep_mlflow_runs and ::test_resumed_sweep_wandb_runs. About
+a minute on 2 cores."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pandas as pd
@@ -22,11 +25,13 @@ from kdtune.config import load_sweep_config
 from kdtune.errors import KDTuneError
 from kdtune.storage import RunStore
 from kdtune.sweep.plan import resolve_paths, trial_cfg
-from kdtune.sweep.trackers import (MLFLOW_MISSING, MLflowTracker, check_trackers, log_measured,
-                                   make_trackers)
+from kdtune.sweep import trackers
+from kdtune.sweep.trackers import (MLFLOW_MISSING, WANDB_MISSING, MLflowTracker, WandbTracker,
+                                   check_trackers, log_measured, make_trackers, wandb_run_id)
 
 mlflow = pytest.importorskip("mlflow")  # a dev install has it (pyproject's dev extra)
 from mlflow.tracking import MlflowClient  # noqa: E402
+from wandb_records import by_run_id, logged_steps  # noqa: E402  (tests/, next to this file)
 
 PROV = {"git_sha": "0123abcd", "kdtune_version": "0.test"}
 
@@ -40,16 +45,20 @@ def write_space(folder, log_to=("mlflow",)):
     return path
 
 
+def make_sweep(folder, log_to, **extra) -> SimpleNamespace:
+    sw = load_sweep_config(write_space(folder, log_to))
+    base = resolve_paths(sw.base.to_dict())
+    store = RunStore(folder / "run", base["cache_dir"])
+    store.prepare_local()
+    (store.local / "checkpoints").mkdir()
+    return SimpleNamespace(sw=sw, base=base, store=store, dir=store.local, **extra)
+
+
 @pytest.fixture
 def sweep(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    sw = load_sweep_config(write_space(tmp_path))
-    base = resolve_paths(sw.base.to_dict())
-    store = RunStore(tmp_path / "run", base["cache_dir"])
-    store.prepare_local()
-    (store.local / "checkpoints").mkdir()
-    return SimpleNamespace(sw=sw, base=base, store=store, uri=uri, dir=store.local)
+    return make_sweep(tmp_path, ("mlflow",), uri=uri)
 
 
 def trial(tid, alpha=0.3, status="RUNNING"):
@@ -207,9 +216,7 @@ def drive(tracker, sweep):
 
 
 def test_closed_port_is_one_warning_and_the_sweep_goes_on(sweep, monkeypatch, capsys):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = closed_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     pd.DataFrame([{"trial_id": "dddd1_00000", "status": "completed",
                    "latency_ms_b1_cpu": 1.0}]).to_parquet(sweep.dir / "trials.parquet")
@@ -224,9 +231,16 @@ def test_closed_port_is_one_warning_and_the_sweep_goes_on(sweep, monkeypatch, ca
     assert "MLflow: a run per trial" not in out and tracker.disabled
 
 
-def test_server_that_fails_mid_sweep_is_one_warning_then_off(sweep, monkeypatch, capsys):
-    """A port that accepts (the probe passes) and then drops every request: the first MLflow
-    call fails after one short retry, the rest are not tried."""
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def dropping_server():
+    """A port that accepts every connection and closes it at once: a TCP probe passes, every
+    request fails."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
@@ -241,18 +255,25 @@ def test_server_that_fails_mid_sweep_is_one_warning_then_off(sweep, monkeypatch,
             except OSError:
                 pass
     threading.Thread(target=drop, daemon=True).start()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{srv.getsockname()[1]}")
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        stop.set()
+        srv.close()
+
+
+def test_server_that_fails_mid_sweep_is_one_warning_then_off(sweep, monkeypatch, capsys):
+    """A port that accepts (the probe passes) and then drops every request: the first MLflow
+    call fails after one short retry, the rest are not tried."""
     for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
               "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         monkeypatch.delenv(k, raising=False)  # the tracker's short defaults, and undone after
-    try:
+    with dropping_server() as port:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         t0 = time.time()
         tracker = new_tracker(sweep)
         drive(tracker, sweep)
         took = time.time() - t0
-    finally:
-        stop.set()
-        srv.close()
     assert took < 30, took
     err = capsys.readouterr().err
     warnings = [ln for ln in err.splitlines() if "MLflow" in ln]
@@ -288,8 +309,8 @@ def test_mlflow_missing_is_one_line_at_sweep_start(tmp_path, monkeypatch, capsys
     check_trackers(load_sweep_config(write_space(tmp_path, log_to=())))  # not asked: fine
 
 
-@pytest.mark.parametrize("log_to, needle", [(["wandb"], "unknown target 'wandb'; allowed: "
-                                             "mlflow"),
+@pytest.mark.parametrize("log_to, needle", [(["neptune"], "unknown target 'neptune'; allowed: "
+                                             "mlflow, wandb"),
                                             ("mlflow", "expected a list"),
                                             (["mlflow", "mlflow"], "duplicates")])
 def test_bad_log_to_is_a_one_line_error(tmp_path, log_to, needle):
@@ -316,3 +337,259 @@ def test_tracker_class_is_rays_mlflow_callback():
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     assert issubclass(MLflowTracker, MLflowLoggerCallback)
+
+
+# --- Weights & Biases ----------------------------------------------------------------------------
+
+@pytest.fixture
+def wb(tmp_path, monkeypatch):
+    """A sweep with log_to: [wandb], W&B offline, its user-wide files (settings, API key, cache)
+    in tmp; W&B's process-wide setup is torn down around each test, so it reads this test's
+    environment."""
+    wandb = pytest.importorskip("wandb")
+    import os
+
+    for k in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(k)
+    home = tmp_path / "home"
+    home.mkdir()
+    for k, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
+                   ("WANDB_DATA_DIR", "data")):
+        monkeypatch.setenv(k, str(home / sub))
+    monkeypatch.setenv("NETRC", str(home / ".netrc"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    wandb.teardown()
+    yield make_sweep(tmp_path, ("wandb",), cwd=cwd)
+    wandb.teardown()
+
+
+def ledger(wb) -> dict:
+    import json
+
+    return json.loads((wb.dir / "wandb" / "kdtune-runs.json").read_text())["runs"]
+
+
+def test_wandb_trial_is_one_run_with_its_config_epochs_and_final_summary(wb, capsys):
+
+    tracker = new_tracker(wb, quiet=False)
+    out = capsys.readouterr().out
+    assert f"W&B: a run per trial in group 'unit' of project 'unit', offline in {wb.dir}/wandb " \
+        f"(upload: wandb sync {wb.dir}/wandb/offline-run-*)" in out, out
+    t = trial("aaaa1_00000")
+    tracker.on_trial_start(iteration=0, trials=[t], trial=t)
+    for epoch in (1, 2):
+        report(tracker, t, epoch)
+    complete(wb, tracker, t)
+
+    runs = by_run_id(wb.dir)
+    assert list(runs) == [wandb_run_id("unit", t.trial_id)]
+    assert wandb_run_id("unit", t.trial_id) != wandb_run_id("other", t.trial_id)
+    (run,) = runs[wandb_run_id("unit", t.trial_id)]
+    assert (run.name, run.group, run.project) == ("unit-aaaa1_00000", "unit", "unit")
+    assert set(run.tags) == {"trial_id:aaaa1_00000", "git_sha:0123abcd"}
+    flat = trial_cfg(wb.base, t.config).flat()
+    assert {k: run.config[k] for k in flat} == flat  # the resolved config, not Ray's
+    assert run.config["kd.alpha"] == 0.3 and "train.epochs" in run.config
+    kd = run.config["kdtune"]
+    assert (kd["trial_id"], kd["sweep"], kd["git_sha"]) == ("aaaa1_00000", "unit", "0123abcd")
+    assert logged_steps([run]) == [1, 2, 3] and logged_steps([run], "test_acc") == [3]
+    logged = set().union(*(values for _, values in run.history))
+    # Ray's keys, flags, text and NaN are not metrics
+    assert not {"time_total_s", "training_iteration", "checkpoint_saved", "final", "phase",
+                "node", "bad"} & logged
+    assert run.summary["test_acc"] == 0.42 and run.summary["size_mb_dense"] == 1.25
+    assert run.exit_code == 0 and not run.preempting
+    assert ledger(wb) == {t.trial_id: {"run_id": run.id, "status": "FINISHED", "step": 3,
+                                       "measured": {"size_mb_dense": 1.25}}}
+    assert not (wb.cwd / "wandb").exists()  # in the run folder, not the cwd's
+
+
+def test_wandb_resumed_process_continues_the_same_runs_without_repeated_steps(wb,
+                                                                           monkeypatch):
+
+    monkeypatch.setenv("WANDB_PROJECT", "shared")
+    a = new_tracker(wb)
+    running, interrupted, lost, errored, orphan = (trial(f"bbbb{i}_0000{i}", 0.2 + i / 10)
+                                                   for i in range(5))
+    for t in (running, interrupted, lost, errored, orphan):
+        a.on_trial_start(iteration=0, trials=[t], trial=t)
+        for epoch in (1, 2, 3):
+            report(a, t, epoch)
+    errored.status = "ERROR"
+    a.on_trial_error(iteration=3, trials=[errored], trial=errored)
+    # Ctrl+C: Tune ends the experiment with `interrupted` and `lost` still running
+    a.on_experiment_end(trials=[interrupted, lost])
+    # `running` and `orphan` as after a kill -9: their files end there, nothing ended the runs
+    for t in (running, orphan):
+        a._live.pop(t.trial_id).finish()
+    assert {tid: r["status"] for tid, r in ledger(wb).items()} == {
+        running.trial_id: "RUNNING", interrupted.trial_id: "KILLED", lost.trial_id: "KILLED",
+        errored.trial_id: "FAILED", orphan.trial_id: "RUNNING"}
+
+    b = new_tracker(wb)  # the resumed process: a new callback, state only in the run folder
+    fresh = [trial(running.trial_id, 0.2), trial(interrupted.trial_id, 0.3)]
+    b.on_step_begin(iteration=0, trials=fresh)  # lost and orphan are no longer Tune's
+    for t in fresh:
+        b.on_trial_start(iteration=0, trials=fresh, trial=t)
+        for epoch in (2, 3, 4):  # its last checkpoint was epoch 1: redoes 2 and 3
+            report(b, t, epoch)
+        complete(wb, b, t, epochs=5)
+
+    runs = by_run_id(wb.dir)
+    ids = {t.trial_id: wandb_run_id("unit", t.trial_id)
+           for t in (running, interrupted, lost, errored, orphan)}
+    assert set(runs) == set(ids.values())  # one run per trial id, none created on resuming
+    assert {p.project for parts in runs.values() for p in parts} == {"shared"}  # WANDB_PROJECT
+    for t in fresh:
+        parts = runs[ids[t.trial_id]]
+        assert len(parts) == 2 and parts[1].config.get("kd.alpha") is None  # set once
+        assert logged_steps(parts) == logged_steps(parts, "epoch") == [1, 2, 3, 4, 5]
+        assert parts[-1].exit_code == 0 and parts[-1].summary["test_acc"] == 0.42
+    assert runs[ids[interrupted.trial_id]][0].preempting
+    assert runs[ids[interrupted.trial_id]][0].exit_code == 1
+    (part,) = runs[ids[lost.trial_id]]
+    assert part.preempting and part.exit_code == 1
+    (part,) = runs[ids[errored.trial_id]]
+    assert part.exit_code == 1 and not part.preempting
+    killed = runs[ids[orphan.trial_id]]  # reopened by the resumed process to end it
+    assert len(killed) == 2 and killed[1].preempting and killed[1].exit_code == 1
+    assert logged_steps(killed) == [1, 2, 3]
+    assert {tid: (r["status"], r["step"]) for tid, r in ledger(wb).items()} == {
+        running.trial_id: ("FINISHED", 5), interrupted.trial_id: ("FINISHED", 5),
+        lost.trial_id: ("KILLED", 3), errored.trial_id: ("FAILED", 3),
+        orphan.trial_id: ("KILLED", 3)}
+
+
+def test_wandb_measured_latency_goes_into_the_summary_after_the_sweep(wb):
+
+    tracker = new_tracker(wb)
+    done, stopped = trial("cccc1_00000"), trial("cccc2_00001")
+    for t in (done, stopped):
+        tracker.on_trial_start(iteration=0, trials=[t], trial=t)
+        report(tracker, t, 1)
+    report(tracker, stopped, 2)
+    stopped.status = "TERMINATED"
+    tracker.on_trial_complete(iteration=2, trials=[stopped], trial=stopped)  # ASHA's stop
+    complete(wb, tracker, done)
+    df = pd.DataFrame([
+        {"trial_id": done.trial_id, "status": "completed", "latency_ms_b1_cpu": 1.5,
+         "latency_ms_b1_gpu": float("nan"), "throughput_ips_cpu": 900.0, "size_mb_dense": 1.25,
+         "flops": 1e6, "val_acc": 0.9},
+        {"trial_id": stopped.trial_id, "status": "stopped", "latency_ms_b1_cpu": float("nan"),
+         "latency_ms_b1_gpu": float("nan"), "throughput_ips_cpu": float("nan"),
+         "size_mb_dense": 1.25, "flops": 1e6, "val_acc": 0.2}])
+    df.to_parquet(wb.dir / "trials.parquet")
+    log_measured([tracker], wb.dir)
+
+    runs = by_run_id(wb.dir)
+    first, after = runs[wandb_run_id("unit", done.trial_id)]  # the finished run, resumed once
+    assert after.summary == {"latency_ms_b1_cpu": 1.5, "throughput_ips_cpu": 900.0,
+                             "flops": 1e6} | {k: v for k, v in after.summary.items()
+                                              if k.startswith("_")}
+    assert after.history == [] and after.exit_code == 0  # val_acc is the trial's: not touched
+    assert first.summary["val_acc"] == pytest.approx(0.3)
+    (part,) = runs[wandb_run_id("unit", stopped.trial_id)]
+    assert part.exit_code == 0 and "latency_ms_b1_cpu" not in part.summary
+    log_measured([new_tracker(wb)], wb.dir)  # a resumed sweep that had nothing left to run
+    assert len(by_run_id(wb.dir)[wandb_run_id("unit", done.trial_id)]) == 2  # nothing new
+
+
+def test_wandb_unreachable_server_is_one_warning_and_quick(wb, monkeypatch, capsys):
+    port = closed_port()
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789" * 4)  # never sent: nothing answers
+    pd.DataFrame([{"trial_id": "dddd1_00000", "status": "completed",
+                   "latency_ms_b1_cpu": 1.0}]).to_parquet(wb.dir / "trials.parquet")
+    t0 = time.time()
+    tracker = new_tracker(wb, quiet=False)
+    drive(tracker, wb)
+    assert time.time() - t0 < 30  # W&B's own init waits 90 s
+    out, err = capsys.readouterr()
+    warnings = [ln for ln in err.splitlines() if "W&B" in ln or "wandb" in ln]
+    assert warnings == [f"warning: W&B at http://127.0.0.1:{port}: unreachable (Connection "
+                        "refused); the sweep goes on without W&B logging"], err
+    assert "W&B: a run per trial" not in out and tracker.disabled
+    assert not (wb.dir / "wandb").exists()
+
+
+def test_wandb_without_api_key_is_one_warning_not_a_prompt(wb, monkeypatch, capsys):
+    with dropping_server() as port:
+        monkeypatch.setenv("WANDB_MODE", "online")
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        tracker = new_tracker(wb)
+        drive(tracker, wb)
+    err = capsys.readouterr().err
+    warnings = [ln for ln in err.splitlines() if "W&B" in ln or "wandb" in ln]
+    assert len(warnings) == 1 and "no API key" in warnings[0], err
+    assert tracker.disabled
+
+
+def test_wandb_server_that_fails_every_request_is_one_warning_then_off(wb, monkeypatch, capsys):
+    """The probe passes, W&B's first request never gets an answer: init gives up after the
+    tracker's timeout (shortened here), the other calls are not tried."""
+    monkeypatch.setattr(trackers, "WANDB_INIT_TIMEOUT_S", 5.0)
+    with dropping_server() as port:
+        monkeypatch.setenv("WANDB_MODE", "online")
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("WANDB_API_KEY", "0123456789" * 4)
+        t0 = time.time()
+        tracker = new_tracker(wb)
+        drive(tracker, wb)
+        took = time.time() - t0
+    assert took < 30, took
+    err = capsys.readouterr().err
+    warnings = [ln for ln in err.splitlines() if "warning: W&B" in ln]
+    assert len(warnings) == 1 and "starting the run of trial dddd1_00000 failed" in \
+        warnings[0], err
+    assert tracker.disabled
+
+
+def test_wandb_disabled_mode_logs_nothing_and_says_so(wb, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    tracker = new_tracker(wb, quiet=False)
+    drive(tracker, wb)
+    out, err = capsys.readouterr()
+    assert "W&B: WANDB_MODE=disabled, no runs are logged" in out and "W&B" not in err
+    assert not (wb.dir / "wandb").exists()
+
+
+def test_wandb_tracker_survives_tunes_pickle_of_the_run_config(wb):
+    import ray.cloudpickle as pickle
+
+    tracker = new_tracker(wb)
+    t = trial("eeee1_00000")
+    tracker.on_trial_start(iteration=0, trials=[t], trial=t)
+    copy = pickle.loads(pickle.dumps(tracker))  # tuner.pkl: no W&B run or settings objects
+    assert copy._settings is None and not copy.connected and copy._live == {}
+    report(tracker, t, 1)
+    tracker.on_trial_complete(iteration=1, trials=[t], trial=t)
+    copy.setup()
+    assert copy.runs == {t.trial_id: wandb_run_id("unit", t.trial_id)}  # from the run folder
+    assert logged_steps(by_run_id(wb.dir)[wandb_run_id("unit", t.trial_id)]) == [1]
+
+
+def test_wandb_missing_is_one_line_at_sweep_start(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    space = write_space(tmp_path, log_to=("mlflow", "wandb"))
+    with pytest.raises(KDTuneError) as e:
+        check_trackers(load_sweep_config(space))
+    assert str(e.value) == WANDB_MISSING
+    assert WANDB_MISSING == ("search.log_to: wandb needs the wandb package: "
+                             "pip install 'kdtune[wandb]'")
+    out = tmp_path / "run"
+    assert main(["sweep", str(space), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"kdtune: error: {WANDB_MISSING}"]
+    assert not out.exists()
+
+
+def test_tracker_classes_share_the_trial_tracker():
+    from ray.tune.logger import LoggerCallback
+
+    assert issubclass(WandbTracker, trackers.TrialTracker)
+    assert issubclass(MLflowTracker, trackers.TrialTracker)
+    assert issubclass(WandbTracker, LoggerCallback)

@@ -272,7 +272,7 @@ def run_sweep(space_path, overrides=None, resume=False, address=None, verbose=Fa
         space_path, dict) else load_sweep_config(space_path, overrides)
     optuna_space(sw, notes=True)  # what config checks let through but Optuna refuses
     check_methods(sw)  # a kd.method x architecture pair that cannot work: now, not mid-sweep
-    check_trackers(sw)  # search.log_to: [mlflow] without mlflow is said now
+    check_trackers(sw)  # search.log_to: [mlflow] without mlflow (or wandb) is said now
     # measure.onnx: true without onnxruntime is said now, not after the trials
     onnx = sw.search.measure_after and resolve_onnx(sw.base.measure.onnx)
     base = resolve_paths(sw.base.to_dict())
