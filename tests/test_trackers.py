@@ -136,16 +136,7 @@ def test_a_trial_is_one_run_with_its_config_epochs_final_metrics_and_checkpoint(
 
 def test_resumed_process_continues_the_same_runs_without_repeated_steps(sweep):
     a = new_tracker(sweep)
-    running, interrupted, lost, errored = (trial(f"bbbb{i}_0000{i}", 0.2 + i / 10)
-                                           for i in range(4))
-    for t in (running, interrupted, lost, errored):
-        a.on_trial_start(iteration=0, trials=[t], trial=t)
-        for epoch in (1, 2, 3):
-            report(a, t, epoch)
-    errored.status = "ERROR"
-    a.on_trial_error(iteration=3, trials=[errored], trial=errored)
-    # Ctrl+C: Tune ends the experiment with `interrupted` and `lost` still running
-    a.on_experiment_end(trials=[interrupted, lost])
+    running, interrupted, lost, errored = three_epochs_then_ctrl_c(a, 4)
     assert {r.data.tags["trial_id"]: r.info.status for r in runs_of(sweep)} == {
         running.trial_id: "RUNNING", interrupted.trial_id: "KILLED", lost.trial_id: "KILLED",
         errored.trial_id: "FAILED"}
@@ -172,8 +163,24 @@ def test_resumed_process_continues_the_same_runs_without_repeated_steps(sweep):
     assert MlflowClient(sweep.uri).list_artifacts(run.info.run_id) == []
 
 
-def test_measured_latency_is_logged_after_the_sweep_at_the_last_step(sweep):
-    tracker = new_tracker(sweep)
+def three_epochs_then_ctrl_c(tracker, n: int) -> list:
+    """`n` trials report epochs 1-3; the fourth errors; Ctrl+C then ends the experiment with
+    the second and third (`interrupted`, `lost`) still running."""
+    trials = [trial(f"bbbb{i}_0000{i}", 0.2 + i / 10) for i in range(n)]
+    for t in trials:
+        tracker.on_trial_start(iteration=0, trials=[t], trial=t)
+        for epoch in (1, 2, 3):
+            report(tracker, t, epoch)
+    errored = trials[3]
+    errored.status = "ERROR"
+    tracker.on_trial_error(iteration=3, trials=[errored], trial=errored)
+    tracker.on_experiment_end(trials=trials[1:3])
+    return trials
+
+
+def measured_after_the_sweep(env, tracker):
+    """A completed and an ASHA-stopped trial, then trials.parquet as measure_all leaves it and
+    log_measured: returns (completed, stopped)."""
     done, stopped = trial("cccc1_00000"), trial("cccc2_00001")
     for t in (done, stopped):
         tracker.on_trial_start(iteration=0, trials=[t], trial=t)
@@ -181,7 +188,7 @@ def test_measured_latency_is_logged_after_the_sweep_at_the_last_step(sweep):
     report(tracker, stopped, 2)
     stopped.status = "TERMINATED"
     tracker.on_trial_complete(iteration=2, trials=[stopped], trial=stopped)  # ASHA's stop
-    complete(sweep, tracker, done)
+    complete(env, tracker, done)
     df = pd.DataFrame([
         {"trial_id": done.trial_id, "status": "completed", "latency_ms_b1_cpu": 1.5,
          "latency_ms_b1_gpu": float("nan"), "throughput_ips_cpu": 900.0, "size_mb_dense": 1.25,
@@ -189,8 +196,14 @@ def test_measured_latency_is_logged_after_the_sweep_at_the_last_step(sweep):
         {"trial_id": stopped.trial_id, "status": "stopped", "latency_ms_b1_cpu": float("nan"),
          "latency_ms_b1_gpu": float("nan"), "throughput_ips_cpu": float("nan"),
          "size_mb_dense": 1.25, "flops": 1e6, "val_acc": 0.2}])
-    df.to_parquet(sweep.dir / "trials.parquet")
-    log_measured([tracker], sweep.dir)
+    df.to_parquet(env.dir / "trials.parquet")
+    log_measured([tracker], env.dir)
+    return done, stopped
+
+
+def test_measured_latency_is_logged_after_the_sweep_at_the_last_step(sweep):
+    tracker = new_tracker(sweep)
+    done, stopped = measured_after_the_sweep(sweep, tracker)
 
     (run,) = runs_of(sweep, done.trial_id)
     m = run.data.metrics
@@ -412,16 +425,7 @@ def test_wandb_resumed_process_continues_the_same_runs_without_repeated_steps(wb
 
     monkeypatch.setenv("WANDB_PROJECT", "shared")
     a = new_tracker(wb)
-    running, interrupted, lost, errored, orphan = (trial(f"bbbb{i}_0000{i}", 0.2 + i / 10)
-                                                   for i in range(5))
-    for t in (running, interrupted, lost, errored, orphan):
-        a.on_trial_start(iteration=0, trials=[t], trial=t)
-        for epoch in (1, 2, 3):
-            report(a, t, epoch)
-    errored.status = "ERROR"
-    a.on_trial_error(iteration=3, trials=[errored], trial=errored)
-    # Ctrl+C: Tune ends the experiment with `interrupted` and `lost` still running
-    a.on_experiment_end(trials=[interrupted, lost])
+    running, interrupted, lost, errored, orphan = three_epochs_then_ctrl_c(a, 5)
     # `running` and `orphan` as after a kill -9: their files end there, nothing ended the runs
     for t in (running, orphan):
         a._live.pop(t.trial_id).finish()
@@ -466,23 +470,7 @@ def test_wandb_resumed_process_continues_the_same_runs_without_repeated_steps(wb
 def test_wandb_measured_latency_goes_into_the_summary_after_the_sweep(wb):
 
     tracker = new_tracker(wb)
-    done, stopped = trial("cccc1_00000"), trial("cccc2_00001")
-    for t in (done, stopped):
-        tracker.on_trial_start(iteration=0, trials=[t], trial=t)
-        report(tracker, t, 1)
-    report(tracker, stopped, 2)
-    stopped.status = "TERMINATED"
-    tracker.on_trial_complete(iteration=2, trials=[stopped], trial=stopped)  # ASHA's stop
-    complete(wb, tracker, done)
-    df = pd.DataFrame([
-        {"trial_id": done.trial_id, "status": "completed", "latency_ms_b1_cpu": 1.5,
-         "latency_ms_b1_gpu": float("nan"), "throughput_ips_cpu": 900.0, "size_mb_dense": 1.25,
-         "flops": 1e6, "val_acc": 0.9},
-        {"trial_id": stopped.trial_id, "status": "stopped", "latency_ms_b1_cpu": float("nan"),
-         "latency_ms_b1_gpu": float("nan"), "throughput_ips_cpu": float("nan"),
-         "size_mb_dense": 1.25, "flops": 1e6, "val_acc": 0.2}])
-    df.to_parquet(wb.dir / "trials.parquet")
-    log_measured([tracker], wb.dir)
+    done, stopped = measured_after_the_sweep(wb, tracker)
 
     runs = by_run_id(wb.dir)
     first, after = runs[wandb_run_id("unit", done.trial_id)]  # the finished run, resumed once
