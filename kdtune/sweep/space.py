@@ -512,8 +512,7 @@ def _from_ray_optuna(saved: dict) -> dict:
         g.setdefault("params", dict(t.params) if t is not None else {})
         g.setdefault("curves", {})
         g.setdefault("told", None)
-        g["results"] = {k: (None if r is None else {m: r.get(m) for m in r}) for k, r in
-                        g.get("results", {}).items()}
+        g.setdefault("results", {})  # old results are whole result dicts: _outcome reads keys
     state.pop("inner_ids", None)
     state.pop("inner", None)
     state.setdefault("reuse", [])
