@@ -163,6 +163,29 @@ def test_resumed_process_continues_the_same_runs_without_repeated_steps(sweep):
     assert MlflowClient(sweep.uri).list_artifacts(run.info.run_id) == []
 
 
+def test_resumed_run_gets_the_params_a_kill_cut_short(sweep):
+    """A kill -9 between create_run and its params' log_batch (the fresh-clone CI's kill/resume
+    sweep hit it) leaves a run with tags and no params, or some: --resume adds the missing ones
+    and keeps the others (MLflow refuses to log a param twice with another value)."""
+    a = new_tracker(sweep)
+    t, u = trial("dddd1_00000", 0.4), trial("dddd2_00001", 0.6)
+    client = MlflowClient(sweep.uri)
+    for x in (t, u):
+        client.create_run(a.experiment_id, run_name=x.trial_id, tags=a._tags(x))
+    client.log_param(runs_of(sweep, u.trial_id)[0].info.run_id, "kd.alpha", "0.6")
+
+    b = new_tracker(sweep)  # the resumed process
+    for x in (t, u):
+        b.on_step_begin(iteration=0, trials=[t, u])
+        b.on_trial_start(iteration=0, trials=[t, u], trial=x)
+        report(b, x, 1)
+        complete(sweep, b, x, epochs=2)
+        (run,) = runs_of(sweep, x.trial_id)
+        flat = trial_cfg(sweep.base, x.config).flat()
+        assert run.data.params == {k: "null" if v is None else str(v) for k, v in flat.items()}
+        assert run.info.status == "FINISHED" and steps(sweep, run) == [1, 2]
+
+
 def three_epochs_then_ctrl_c(tracker, n: int) -> list:
     """`n` trials report epochs 1-3; the fourth errors; Ctrl+C then ends the experiment with
     the second and third (`interrupted`, `lost`) still running."""

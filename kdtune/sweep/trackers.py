@@ -18,7 +18,8 @@ It extends Ray's MLflowLoggerCallback, which logs Ray's raw trial config (with T
 keys), uses training_iteration as the step, can only upload the whole trial folder, creates a
 second run when a sweep is resumed, and retries an unreachable server for minutes:
 
-* params: the trial's resolved config (`trial_cfg(base, config).flat()`), in batches of 100;
+* params: the trial's resolved config (`trial_cfg(base, config).flat()`), in batches of 100
+  (a resumed sweep adds those a kill cut short);
 * metrics: every finite number of each epoch's report at step = its epoch, the final report
   (test_acc, sparsity, sizes) at the last epoch, and the measured numbers at that step too, so
   the run list shows them;
@@ -410,7 +411,8 @@ class MLflowTracker(TrialTracker, MLflowLoggerCallback):
     """One MLflow run per trial (see the module docstring)."""
 
     label = "MLflow"
-    _unpickled = TrialTracker._unpickled + ("_client",)  # an SQLAlchemy engine, an HTTP session
+    # an SQLAlchemy engine, an HTTP session; what the earlier process's runs hold
+    _unpickled = TrialTracker._unpickled + ("_client", "params_have")
 
     def __init__(self, sw: SweepConfig, store: RunStore, base: dict, prov: dict,
                  quiet: bool = False):
@@ -419,6 +421,13 @@ class MLflowTracker(TrialTracker, MLflowLoggerCallback):
         self.uri: str | None = None
         self._client = None
         self.experiment_id: str | None = None
+
+    def _reset_runs(self):
+        super()._reset_runs()
+        # trial id -> the param keys its run from an earlier process holds, until its config is
+        # checked: a kill -9 between create_run and log_batch left a run with none (found by the
+        # fresh-clone CI's kill/resume sweep)
+        self.params_have: dict[str, set[str]] = {}
 
     # -- connection -------------------------------------------------------------------------
 
@@ -489,6 +498,7 @@ class MLflowTracker(TrialTracker, MLflowLoggerCallback):
         self.runs[tid] = run.info.run_id
         self.status[tid] = run.info.status
         self.logged[tid] = int(run.data.metrics.get("epoch", 0) or 0)
+        self.params_have[tid] = set(run.data.params)
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -500,21 +510,27 @@ class MLflowTracker(TrialTracker, MLflowLoggerCallback):
         return tags
 
     def _open(self, trial) -> str:
-        from mlflow.entities import Param
-
         tid = trial.trial_id
         if tid in self.runs:
+            if tid in self.params_have:  # the earlier process's run: its params may be cut short
+                self._log_params(trial, self.runs[tid], self.params_have.pop(tid))
             if self.status.get(tid) != RUNNING:  # continued after Ctrl+C, a kill or an error
                 self._client.update_run(self.runs[tid], status=RUNNING)
                 self.status[tid] = RUNNING
             return self.runs[tid]
         run = self._client.create_run(self.experiment_id, run_name=tid, tags=self._tags(trial))
-        params = [Param(k, _param(v))
-                  for k, v in trial_cfg(self.base, trial.config).flat().items()]
-        for i in range(0, len(params), PARAMS_PER_BATCH):
-            self._client.log_batch(run.info.run_id, params=params[i:i + PARAMS_PER_BATCH])
+        self._log_params(trial, run.info.run_id)
         self.runs[tid], self.status[tid], self.logged[tid] = run.info.run_id, RUNNING, 0
         return run.info.run_id
+
+    def _log_params(self, trial, run_id: str, have: set[str] = frozenset()) -> None:
+        """The resolved config as params, those the run lacks (MLflow refuses to change one)."""
+        from mlflow.entities import Param
+
+        params = [Param(k, _param(v)) for k, v in trial_cfg(self.base, trial.config).flat().items()
+                  if k not in have]
+        for i in range(0, len(params), PARAMS_PER_BATCH):
+            self._client.log_batch(run_id, params=params[i:i + PARAMS_PER_BATCH])
 
     def _log_step(self, run_id: str, values: dict, step: int) -> None:
         from mlflow.entities import Metric
