@@ -39,8 +39,16 @@ def _index_bytes(numel: int) -> int:
     return 2 if numel < 65536 else 4
 
 
+# zlib's (and gzip's) default level, not 9: level 9's longer match search is pathological on
+# the zero runs unstructured pruning leaves. Measured on a 2-core CPU, one call: resnet18 with
+# 50 % of conv weights zeroed 18.6 s at level 9, 2.4 s at 6, for a 2.2 % bigger result (24.71
+# vs 25.25 MB); resnet20 at 50 % 0.48 s vs 0.06 s (+2.2 %); a dense resnet18 1.5 s either way.
+# A trial measures sizes three times (start, after pruning, end).
+ZLIB_LEVEL = 6
+
+
 def model_size_mb(model: nn.Module) -> dict[str, float]:
-    """fp32 size in MB (1e6 bytes): dense, sparse-stored, and zlib-9-compressed ``torch.save``.
+    """fp32 size in MB (1e6 bytes): dense, sparse-stored, and zlib-compressed ``torch.save``.
 
     ``size_mb_sparse`` stores each tensor as (value, index) pairs unless that is bigger than dense.
     ``size_mb_disk`` saves the state_dict with masks folded in, i.e. what ``make_permanent`` +
@@ -56,7 +64,7 @@ def model_size_mb(model: nn.Module) -> dict[str, float]:
         sparse += min(n * FP32_BYTES, nnz * (FP32_BYTES + _index_bytes(n)))
     buf = io.BytesIO()
     torch.save(_folded_state_dict(model), buf)
-    disk = len(zlib.compress(buf.getvalue(), 9))
+    disk = len(zlib.compress(buf.getvalue(), ZLIB_LEVEL))
     return {"size_mb_dense": dense / MB, "size_mb_sparse": sparse / MB, "size_mb_disk": disk / MB}
 
 

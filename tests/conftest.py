@@ -33,6 +33,13 @@ def tiny_raw(tmp_path) -> dict:
     return raw
 
 
+@pytest.fixture(scope="session")
+def cifar_cache(tmp_path_factory) -> Path:
+    """One cache folder for the tests that train on the shared CIFAR-10 copy: its decode into
+    uint8 arrays (13.6 s on 2 cores) is then done once per session, not once per test."""
+    return tmp_path_factory.mktemp("cifar-cache")
+
+
 @contextlib.contextmanager
 def environ(**changes):
     """os.environ with `changes` (None: unset), restored afterwards; for fixtures that outlive

@@ -459,15 +459,19 @@ def test_one_sweep_mixes_methods_each_with_the_teacher_it_needs(tmp_path):
     import subprocess
 
     import pandas as pd
-    from test_sweep import cli_env, kdtune_cmd, write_sweep
+    from test_sweep import BASE, cli_env, kdtune_cmd, write_sweep
 
     search = {"name": "methods", "sampler": "grid", "seeds": [0], "baseline": True,
               "max_concurrent": 2, "scheduler": "fifo",
               "space": {"kd.method": {"type": "grid",
                                       "values": ["logit", "fitnets", "attention", "dkd"]}}}
+    # 200 training images: the view cache is the teacher's forward pass over all 162 views of
+    # each (31 s for BASE's 400 on 2 cores, most of this test's time)
     space = write_sweep(tmp_path, search, tmp_path / "cache",
+                        data={**BASE["data"], "synthetic_train": 260, "val_size": 60},
                         teacher={"arch": "cnn4", "stem": "cifar", "epochs": 2, "batch_size": 64,
-                                 "cache": "views"})
+                                 "cache": "views"},
+                        train={**BASE["train"], "epochs": 1})
     out = tmp_path / "run"
     proc = subprocess.run(kdtune_cmd("sweep", space, "--out", out), capture_output=True,
                           text=True, env=cli_env(), timeout=400)
