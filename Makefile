@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 sweep: install
 	$(BIN)/kdtune sweep $(SPACE) $(DATAARG) $(if $(RESUME),--resume) $(ARGS)

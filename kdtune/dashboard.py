@@ -1816,7 +1816,7 @@ def _largest_gain(pairs: list[dict]) -> str:
         return ""
     top = max(fair, key=lambda p: p["diff"])
     cls, text = _kd_verdict(top)
-    return (f"<p class='{cls}'>Largest difference KD − no KD, like for like: "
+    return (f"<p class='{cls}'>Where KD did best (highest KD − no KD), like for like: "
             f"<b>{_e(top['name'])}</b> ({_e(top['cell_label'])}): {_e(text)}</p>")
 
 

@@ -746,8 +746,8 @@ def test_kd_vs_no_kd_per_method_pairs_each_with_its_twin(tmp_path):
     # configs 4 and 5 train alike (DKD has no α): two DKD configs have a twin, not three
     assert cmps[2]["n_kd_configs"] == 2
     box = answer_box(text)
-    assert "Largest difference KD − no KD, like for like: <b>DKD</b> (resnet18 · cifar stem · " \
-           "unpruned): yes: DKD adds +5.00 pp" in box
+    assert "Where KD did best (highest KD − no KD), like for like: <b>DKD</b> (resnet18 · " \
+           "cifar stem · unpruned): yes: DKD adds +5.00 pp" in box
     for label in ("logit KD", "FitNets", "DKD"):
         assert f"<b>resnet18 · cifar stem · unpruned · {label}</b>: yes: {label} adds" in box
     panel = section(text, "kd_vs_baseline")
@@ -821,7 +821,7 @@ def test_logit_only_runs_look_as_before(sweep):
     report = json.loads((run / "report.json").read_text())
     assert {c["kd_method"] for c in report["kd_vs_no_kd"]} == {"logit"}
     assert "<th>KD method</th>" not in text and "logit KD" not in answer_box(text)
-    assert "Largest difference" not in text and "Per distillation method" not in text
+    assert "Where KD did best" not in text and "Per distillation method" not in text
     assert "resnet18 · cifar stem · T 4, α 0.9" in text  # the config label as it was
     # one method and no KD: the method ablation compares the two, per student
     assert {(e["arch"], e["kd_method"]) for e in report["kd_method_ablation"]} == {
