@@ -298,21 +298,31 @@ def dropping_server():
         srv.close()
 
 
+def drive_against_a_dropping_server(env, monkeypatch, capsys, marker, settings):
+    """A tracker made and driven with `settings(port)` set, the port a dropping server's: it
+    must give up within 30 s. Returns the tracker, its stderr lines holding `marker`, and
+    stderr."""
+    with dropping_server() as port:
+        for k, v in settings(port).items():
+            monkeypatch.setenv(k, v)
+        t0 = time.time()
+        tracker = new_tracker(env)
+        drive(tracker, env)
+        took = time.time() - t0
+    assert took < 30, took
+    err = capsys.readouterr().err
+    return tracker, [ln for ln in err.splitlines() if marker in ln], err
+
+
 def test_server_that_fails_mid_sweep_is_one_warning_then_off(sweep, monkeypatch, capsys):
     """A port that accepts (the probe passes) and then drops every request: the first MLflow
     call fails after one short retry, the rest are not tried."""
     for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
               "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         monkeypatch.delenv(k, raising=False)  # the tracker's short defaults, and undone after
-    with dropping_server() as port:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-        t0 = time.time()
-        tracker = new_tracker(sweep)
-        drive(tracker, sweep)
-        took = time.time() - t0
-    assert took < 30, took
-    err = capsys.readouterr().err
-    warnings = [ln for ln in err.splitlines() if "MLflow" in ln]
+    tracker, warnings, err = drive_against_a_dropping_server(
+        sweep, monkeypatch, capsys, "MLflow",
+        lambda port: {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
     assert len(warnings) == 1 and "setup failed" in warnings[0], err
     assert tracker.disabled
 
@@ -543,17 +553,10 @@ def test_wandb_server_that_fails_every_request_is_one_warning_then_off(wb, monke
     """The probe passes, W&B's first request never gets an answer: init gives up after the
     tracker's timeout (shortened here), the other calls are not tried."""
     monkeypatch.setattr(trackers, "WANDB_INIT_TIMEOUT_S", 5.0)
-    with dropping_server() as port:
-        monkeypatch.setenv("WANDB_MODE", "online")
-        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
-        monkeypatch.setenv("WANDB_API_KEY", "0123456789" * 4)
-        t0 = time.time()
-        tracker = new_tracker(wb)
-        drive(tracker, wb)
-        took = time.time() - t0
-    assert took < 30, took
-    err = capsys.readouterr().err
-    warnings = [ln for ln in err.splitlines() if "warning: W&B" in ln]
+    tracker, warnings, err = drive_against_a_dropping_server(
+        wb, monkeypatch, capsys, "warning: W&B",
+        lambda port: {"WANDB_MODE": "online", "WANDB_BASE_URL": f"http://127.0.0.1:{port}",
+                      "WANDB_API_KEY": "0123456789" * 4})
     assert len(warnings) == 1 and "starting the run of trial dddd1_00000 failed" in \
         warnings[0], err
     assert tracker.disabled
